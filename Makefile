@@ -1,0 +1,37 @@
+# Two commands get you going: `make train` (the embedded default run) and `make test`.
+# Both create .venv on first use and reinstall only when pyproject.toml changes.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+.PHONY: install train test lint format bench mlflow-ui clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m src.train $(ARGS)
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: $(STAMP)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+mlflow-ui: $(STAMP)
+	.venv/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""medpeft: parameter-efficient fine-tuning of vision transformers on medical images."""

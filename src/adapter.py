@@ -1,0 +1,77 @@
+"""``adapter.safetensors``: only the trained tensors of a run, with the metadata to re-apply them.
+
+Metadata (all strings, as safetensors requires): ``format``, ``backbone``, ``strategy`` (+ ``rank``, ``alpha``,
+``targets`` for LoRA), ``task``, ``class_names`` (JSON list), ``img_size``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from src.errors import UserError
+
+FORMAT = "medpeft-adapter/1"
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapter(model: nn.Module, path: str | Path, metadata: dict[str, str]) -> int:
+    """Write the trainable tensors atomically (temp file + rename); returns the file size in bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".adapter-", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(trainable_state_dict(model), tmp, metadata={"format": FORMAT, **metadata})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path.stat().st_size
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_adapter(model: nn.Module, path: str | Path, expect: dict[str, str] | None = None) -> dict[str, str]:
+    """Load an adapter into a model built with the same backbone and strategy; returns its metadata.
+
+    ``expect`` lists metadata that must match (e.g. backbone, strategy, rank, class_names): a mismatch is a
+    clear error rather than a silently wrong model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"adapter file {path} does not exist.")
+    meta = read_metadata(path)
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} is not a medpeft adapter (format={meta.get('format')!r}, want {FORMAT}).")
+    wrong = {k: (meta.get(k), v) for k, v in (expect or {}).items() if meta.get(k) != v}
+    if wrong:
+        detail = "; ".join(f"{k}: file has {got!r}, model has {want!r}" for k, (got, want) in wrong.items())
+        raise UserError(f"adapter {path} does not match this model: {detail}.")
+    own = model.state_dict()
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
+    bad = [k for k, v in tensors.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise UserError(
+            f"adapter {path} has {len(bad)} tensors this model lacks or shapes differently, e.g. {bad[:3]}; "
+            "it was trained with another backbone, strategy or rank."
+        )
+    model.load_state_dict(tensors, strict=False)
+    return meta
+
+
+def class_names_json(names: tuple[str, ...] | list[str]) -> str:
+    return json.dumps(list(names))

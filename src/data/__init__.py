@@ -1,0 +1,1 @@
+"""Datasets and LightningDataModules (one module + one YAML per dataset)."""

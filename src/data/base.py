@@ -1,0 +1,83 @@
+"""The DataModule base every dataset builds on: splits, loaders and the task it defines."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+SPLITS = ("train", "val", "test")
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+class Normalize:
+    """uint8 (H, W) or (H, W, 3) image -> normalised float (3, H, W); grayscale repeated for RGB backbones."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, image: Tensor) -> Tensor:
+        x = image.float().div_(255.0)
+        x = x.unsqueeze(0).expand(3, -1, -1) if x.ndim == 2 else x.permute(2, 0, 1)
+        return (x - self.mean) / self.std
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Subclasses say how to build each split and which task the labels define."""
+
+    def __init__(
+        self,
+        name: str,
+        root: str | None,
+        task: str,
+        class_names: Sequence[str],
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        batch_size: int = 32,
+        num_workers: int = 0,
+        hflip: bool = True,
+    ) -> None:
+        super().__init__()
+        self.name, self.root = name, root
+        self.task_type, self.class_names = task, tuple(class_names)
+        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.normalize = Normalize(mean, std)
+        self.hflip = hflip
+        self.datasets: dict[str, Dataset] = {}
+
+    @abstractmethod
+    def build_split(self, split: str) -> Dataset:
+        """The dataset of one split, with training augmentation only for ``train``."""
+
+    def check(self) -> None:
+        """Cheap validation of the source (paths, label files) before any model is built."""
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in STAGE_SPLITS.get(stage, SPLITS) if stage else SPLITS:
+            if split not in self.datasets:
+                self.datasets[split] = self.build_split(split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

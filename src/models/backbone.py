@@ -1,0 +1,192 @@
+"""timm backbones with a fresh classification head, and local checkpoint loading.
+
+Weights come from the hub only with ``backbone.pretrained=true``; otherwise from ``backbone.checkpoint``
+(safetensors, ``.pth`` read with ``weights_only=True``, or ``.npz``) or stay randomly initialised.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from src.errors import UserError
+
+log = logging.getLogger(__name__)
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# Wrappers used by common training scripts (MAE, DeiT, Lightning) around the state dict.
+STATE_DICT_KEYS = ("state_dict", "model", "module", "teacher")
+
+
+@dataclass
+class LoadReport:
+    """What happened when a checkpoint was loaded into a backbone."""
+
+    path: str
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    skipped_head: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"loaded {self.loaded} tensors from {self.path}"]
+        for label, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("old head dropped", self.skipped_head),
+        ):
+            if keys:
+                shown = ", ".join(keys[:8]) + (f", ... (+{len(keys) - 8})" if len(keys) > 8 else "")
+                parts.append(f"{label} ({len(keys)}): {shown}")
+        return "; ".join(parts)
+
+
+def create_backbone(
+    name: str,
+    num_classes: int,
+    img_size: int | None = None,
+    pretrained: bool = False,
+    checkpoint: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> tuple[nn.Module, LoadReport | None]:
+    """A timm model with a new ``num_classes`` head, optionally loaded from a local checkpoint."""
+    kwargs = dict(model_kwargs or {})
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise UserError(
+                f"backbone.name={name!r} is not a timm model; list them with "
+                "`python -c \"import timm; print(timm.list_models('vit*'))\"`."
+            ) from None
+        raise
+    check_patch_size(model, img_size)
+    report = load_checkpoint(model, checkpoint) if checkpoint else None
+    return model, report
+
+
+def check_patch_size(model: nn.Module, img_size: int | None) -> None:
+    """A ViT silently crops an image its patch size does not divide; refuse that instead."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if img_size is None or patch is None:
+        return
+    patch = tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
+    if img_size % patch[0] or img_size % patch[1]:
+        fit = (img_size // patch[0]) * patch[0]
+        raise UserError(
+            f"backbone.img_size={img_size} is not divisible by the patch size {patch[0]}: the ViT would "
+            f"drop the border pixels. Use a multiple of {patch[0]}, e.g. backbone.img_size={fit} "
+            f"or {fit + patch[0]}."
+        )
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a checkpoint file into a flat state dict without executing any pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"backbone.checkpoint={path} does not exist; give the path to a local weights file.")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return load_file(str(path))
+    if suffix in TORCH_SUFFIXES:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises UnpicklingError for objects outside the safe allow-list
+            raise UserError(
+                f"{path} could not be loaded with weights_only=True ({type(err).__name__}). Only plain "
+                "tensor checkpoints are accepted; convert it to safetensors in a trusted environment."
+            ) from None
+        return unwrap_state_dict(obj, path)
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: torch.from_numpy(npz[k]) for k in npz.files}
+    raise UserError(
+        f"backbone.checkpoint={path}: unknown format {suffix!r}; use .safetensors, .pth/.pt/.bin or .npz."
+    )
+
+
+def unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
+    """Find the tensor dict inside a training checkpoint and strip a common ``module.``/``model.`` prefix."""
+    while isinstance(obj, dict) and not any(isinstance(v, Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in STATE_DICT_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            raise UserError(f"{path} holds no tensors under any of {', '.join(STATE_DICT_KEYS)}.")
+        obj = inner
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} does not contain a state dict (found {type(obj).__name__}).")
+    state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    for prefix in ("module.", "model.", "backbone."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def is_big_vision_npz(state: dict[str, Tensor]) -> bool:
+    """Google's JAX ViT checkpoints (augreg, big_vision) use '/'-separated Flax names."""
+    return any("/" in k for k in state)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load local weights into ``model`` (head excluded when its shape differs) and report the key diff."""
+    state = read_state_dict(path)
+    if is_big_vision_npz(state):
+        return load_big_vision(model, path, state)
+    own = model.state_dict()
+    head_prefixes = head_parameter_prefixes(model)
+    report = LoadReport(path=str(path))
+    usable: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(head_prefixes) and (key not in own or own[key].shape != value.shape):
+            report.skipped_head.append(key)
+        elif key in own and own[key].shape != value.shape:
+            raise UserError(
+                f"{path}: tensor {key} has shape {tuple(value.shape)} but backbone expects "
+                f"{tuple(own[key].shape)}; the checkpoint was made for another architecture or image size."
+            )
+        else:
+            usable[key] = value
+    result = model.load_state_dict(usable, strict=False)
+    report.missing = [k for k in result.missing_keys if not k.startswith(head_prefixes)]
+    report.unexpected = list(result.unexpected_keys)
+    report.loaded = len(usable) - len(report.unexpected)
+    if report.loaded == 0:
+        raise UserError(
+            f"{path} shares no tensor names with backbone {type(model).__name__}; is it a checkpoint of "
+            f"this architecture? First keys: {', '.join(list(state)[:5])}."
+        )
+    log.info(report.summary())
+    return report
+
+
+def load_big_vision(model: nn.Module, path: str | Path, state: dict[str, Tensor]) -> LoadReport:
+    """JAX-layout ViT weights through timm's own converter, which knows the Flax-to-PyTorch mapping."""
+    if not hasattr(model, "load_pretrained"):
+        raise UserError(f"{path} is a JAX (big_vision) checkpoint, which timm can load only into its ViTs.")
+    head = head_parameter_prefixes(model)
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(head)}
+    try:
+        model.load_pretrained(str(path))
+    except KeyError as err:
+        raise UserError(f"{path}: JAX checkpoint lacks {err}; it does not match this ViT.") from None
+    # timm's converter copies a head whose shape matches; ours must stay freshly initialised.
+    model.load_state_dict(before, strict=False)
+    report = LoadReport(path=str(path), loaded=len(state))
+    log.info(report.summary())
+    return report
+
+
+def head_parameter_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of the classifier, found by identity so any timm architecture works."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    names = tuple(f"{n}." for n, m in model.named_modules() if head is not None and m is head)
+    return names or ("head.",)

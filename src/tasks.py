@@ -1,0 +1,124 @@
+"""Task types: what the head outputs, which loss trains it and which metrics judge it.
+
+* ``binary``: two logits and softmax cross-entropy (as MeLo's two-class heads); metrics on P(class 1).
+* ``multiclass``: C logits, cross-entropy, optional label smoothing.
+* ``multilabel``: C independent logits, BCE-with-logits (as MED-PEFT on NIH / CheXpert).
+
+AUROC is macro-averaged over classes (per class too for multilabel); the best checkpoint is picked on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryF1Score,
+    BinaryRecall,
+    BinarySpecificity,
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassF1Score,
+    MultilabelAccuracy,
+    MultilabelAUROC,
+    MultilabelF1Score,
+)
+
+from src.errors import UserError
+
+TaskType = Literal["binary", "multiclass", "multilabel"]
+TASK_TYPES: tuple[str, ...] = ("binary", "multiclass", "multilabel")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A classification task: its type, class names and loss options."""
+
+    type: TaskType
+    class_names: tuple[str, ...]
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.type not in TASK_TYPES:
+            raise UserError(f"task type {self.type!r} is unknown; choose one of {', '.join(TASK_TYPES)}.")
+        if self.type == "binary" and len(self.class_names) != 2:
+            raise UserError(f"a binary task needs exactly 2 class names, got {list(self.class_names)}.")
+        if len(self.class_names) < 2 and self.type == "multiclass":
+            raise UserError(f"a multiclass task needs at least 2 classes, got {list(self.class_names)}.")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"label_smoothing={self.label_smoothing} must lie in [0, 1).")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the classification head."""
+        return self.num_classes
+
+    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.type == "multilabel":
+            return F.binary_cross_entropy_with_logits(logits, target.float())
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+    def scores(self, logits: Tensor) -> Tensor:
+        """Probabilities in the form the metrics expect: P(positive) for binary, else one per class."""
+        logits = logits.float()
+        if self.type == "binary":
+            return logits.softmax(dim=-1)[:, 1]
+        if self.type == "multiclass":
+            return logits.softmax(dim=-1)
+        return logits.sigmoid()
+
+    def metrics(self) -> MetricCollection:
+        """Fresh torchmetrics for one stage (train / val / test)."""
+        c = self.num_classes
+        table: dict[str, Metric]
+        if self.type == "binary":
+            table = {
+                "auroc": BinaryAUROC(),
+                "acc": BinaryAccuracy(),
+                "f1": BinaryF1Score(),
+                "sensitivity": BinaryRecall(),
+                "specificity": BinarySpecificity(),
+            }
+        elif self.type == "multiclass":
+            table = {
+                "auroc": MulticlassAUROC(num_classes=c, average="macro"),
+                "acc": MulticlassAccuracy(num_classes=c, average="micro"),
+                "f1": MulticlassF1Score(num_classes=c, average="macro"),
+            }
+        else:
+            table = {
+                "auroc": MultilabelAUROC(num_labels=c, average="macro"),
+                "auroc_per_class": MultilabelAUROC(num_labels=c, average="none"),
+                "acc": MultilabelAccuracy(num_labels=c, average="micro"),
+                "f1": MultilabelF1Score(num_labels=c, average="macro"),
+            }
+        return MetricCollection(table)
+
+    def expand(self, computed: dict[str, Tensor], prefix: str) -> dict[str, float]:
+        """Turn computed metrics into loggable scalars; per-class vectors become ``auroc/<class>``."""
+        out: dict[str, float] = {}
+        for name, value in computed.items():
+            if value.ndim == 0:
+                out[f"{prefix}/{name}"] = float(value)
+                continue
+            base = name.removesuffix("_per_class")
+            for cls, v in zip(self.class_names, value.tolist(), strict=True):
+                out[f"{prefix}/{base}/{cls}"] = float(v)
+        return out
+
+
+def make_target(task_type: str, labels: list[int] | list[list[int]]) -> Tensor:
+    """Label tensor in the dtype the loss expects: int64 class indices, or float multi-hot rows."""
+    if task_type == "multilabel":
+        return torch.as_tensor(labels, dtype=torch.float32)
+    return torch.as_tensor(labels, dtype=torch.int64)

@@ -1,0 +1,1 @@
+"""Experiment tracking: the MLflow logger and the artifacts a run leaves behind."""

@@ -1,0 +1,139 @@
+"""Train one model: ``python -m src.train [group=option ...] [key=value ...]``.
+
+Builds the dataset, a timm backbone with a new head, applies the chosen PEFT strategy, trains with Lightning,
+tests the best checkpoint, then writes ``adapter.safetensors``, ``metrics.json`` and ``config.yaml`` into the
+run dir and logs them to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from src.adapter import class_names_json, save_adapter
+from src.config import PROJECT_ROOT, validate_config
+from src.data.base import ClassificationDataModule
+from src.errors import UserError
+from src.models.backbone import create_backbone
+from src.models.module import ClassificationModule
+from src.strategies import Strategy, count_parameters
+from src.summary import format_summary, write_json
+from src.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: DictConfig, task: Task) -> tuple[nn.Module, Strategy]:
+    """Backbone + new head, with the strategy applied."""
+    strategy: Strategy = instantiate(cfg.peft)
+    b = cfg.backbone
+    model, _ = create_backbone(
+        name=b.name,
+        num_classes=task.num_outputs,
+        img_size=b.img_size,
+        pretrained=b.pretrained,
+        checkpoint=b.checkpoint,
+        model_kwargs=OmegaConf.to_container(b.kwargs, resolve=True),
+    )
+    return strategy.apply(model), strategy
+
+
+def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task) -> dict[str, str]:
+    return {
+        "backbone": cfg.backbone.name,
+        "img_size": str(cfg.backbone.img_size),
+        "task": task.type,
+        "class_names": class_names_json(task.class_names),
+        **strategy.metadata(),
+    }
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+
+
+def best_checkpoint(trainer: L.Trainer) -> str | None:
+    ckpt = trainer.checkpoint_callback
+    if trainer.fast_dev_run or not isinstance(ckpt, ModelCheckpoint) or not ckpt.best_model_path:
+        return None
+    return ckpt.best_model_path
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job from a composed config; returns the metrics written to metrics.json."""
+    validate_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    datamodule: ClassificationDataModule = instantiate(cfg.dataset)
+    datamodule.check()
+    task = Task(datamodule.task_type, datamodule.class_names, cfg.loss.label_smoothing)
+    model, strategy = build_model(cfg, task)
+    trainable, total = count_parameters(model)
+    log.info(
+        "trainable parameters: %s / %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
+    )
+
+    module = ClassificationModule(model, task, OmegaConf.to_container(cfg.optim, resolve=True))
+    trainer = build_trainer(cfg)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    run_logger = trainer.logger
+    if run_logger is not None:
+        run_logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(module, datamodule=datamodule)
+    best_val = trainer.checkpoint_callback.best_model_score if best_checkpoint(trainer) else None
+    final_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    tested = (
+        trainer.test(module, datamodule=datamodule, ckpt_path=best_checkpoint(trainer))[0] if cfg.test else {}
+    )
+
+    adapter_path = out / "adapter.safetensors"
+    adapter_bytes = save_adapter(model, adapter_path, adapter_metadata(cfg, strategy, task))
+    metrics: dict[str, Any] = {
+        **final_val,
+        **({"val/auroc": float(best_val)} if best_val is not None else {}),
+        **{k: float(v) for k, v in tested.items()},
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_pct": 100 * trainable / total,
+        "adapter_bytes": adapter_bytes,
+        "adapter_path": str(adapter_path),
+        "best_checkpoint": best_checkpoint(trainer),
+        "run_dir": str(out),
+        "mlflow_run_id": getattr(run_logger, "run_id", None) if hasattr(run_logger, "log_files") else None,
+    }
+    write_json(out / "metrics.json", metrics)
+    if hasattr(run_logger, "log_files"):
+        run_logger.log_metrics(
+            {k: metrics[k] for k in ("trainable_params", "trainable_pct", "adapter_bytes")}
+        )
+        run_logger.log_metrics({"best/val_auroc": metrics["val/auroc"]} if "val/auroc" in metrics else {})
+        run_logger.log_files([adapter_path, out / "metrics.json", out / "config.yaml"])
+    print(format_summary(metrics), flush=True)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+    except UserError as err:
+        log.error("%s", err)
+        raise SystemExit(f"error: {err}") from None
+    return metrics.get("val/auroc")
+
+
+if __name__ == "__main__":
+    main()
