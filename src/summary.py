@@ -14,10 +14,14 @@ SHOWN = ("val/auroc", "test/auroc", "val/acc", "test/acc")
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomic write: a crash never leaves a half-written metrics.json behind."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def human_bytes(n: int) -> str:

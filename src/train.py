@@ -27,6 +27,7 @@ from src.models.module import ClassificationModule
 from src.strategies import Strategy, count_parameters
 from src.summary import format_summary, write_json
 from src.tasks import Task
+from src.tracking.mlflow_logger import MLflowLogger
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "adapter_path": str(adapter_path),
         "best_checkpoint": best_checkpoint(trainer),
         "run_dir": str(out),
-        "mlflow_run_id": getattr(run_logger, "run_id", None) if hasattr(run_logger, "log_files") else None,
+        "mlflow_run_id": run_logger.run_id if isinstance(run_logger, MLflowLogger) else None,
     }
     write_json(out / "metrics.json", metrics)
-    if hasattr(run_logger, "log_files"):
+    if isinstance(run_logger, MLflowLogger):
         run_logger.log_metrics(
             {k: metrics[k] for k in ("trainable_params", "trainable_pct", "adapter_bytes")}
         )

@@ -109,7 +109,13 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         return unwrap_state_dict(obj, path)
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
-            return {k: torch.from_numpy(npz[k]) for k in npz.files}
+            state = {k: torch.from_numpy(npz[k]) for k in npz.files}
+        if any("/" in k for k in state):
+            raise UserError(
+                f"{path} is a JAX (big_vision / augreg) checkpoint with Flax names; timm converts those "
+                f"itself: backbone.pretrained=true +backbone.kwargs.pretrained_cfg_overlay.file={path}"
+            )
+        return state
     raise UserError(
         f"backbone.checkpoint={path}: unknown format {suffix!r}; use .safetensors, .pth/.pt/.bin or .npz."
     )
@@ -131,16 +137,9 @@ def unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
     return state
 
 
-def is_big_vision_npz(state: dict[str, Tensor]) -> bool:
-    """Google's JAX ViT checkpoints (augreg, big_vision) use '/'-separated Flax names."""
-    return any("/" in k for k in state)
-
-
 def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
     """Load local weights into ``model`` (head excluded when its shape differs) and report the key diff."""
     state = read_state_dict(path)
-    if is_big_vision_npz(state):
-        return load_big_vision(model, path, state)
     own = model.state_dict()
     head_prefixes = head_parameter_prefixes(model)
     report = LoadReport(path=str(path))
@@ -164,23 +163,6 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
             f"{path} shares no tensor names with backbone {type(model).__name__}; is it a checkpoint of "
             f"this architecture? First keys: {', '.join(list(state)[:5])}."
         )
-    log.info(report.summary())
-    return report
-
-
-def load_big_vision(model: nn.Module, path: str | Path, state: dict[str, Tensor]) -> LoadReport:
-    """JAX-layout ViT weights through timm's own converter, which knows the Flax-to-PyTorch mapping."""
-    if not hasattr(model, "load_pretrained"):
-        raise UserError(f"{path} is a JAX (big_vision) checkpoint, which timm can load only into its ViTs.")
-    head = head_parameter_prefixes(model)
-    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(head)}
-    try:
-        model.load_pretrained(str(path))
-    except KeyError as err:
-        raise UserError(f"{path}: JAX checkpoint lacks {err}; it does not match this ViT.") from None
-    # timm's converter copies a head whose shape matches; ours must stay freshly initialised.
-    model.load_state_dict(before, strict=False)
-    report = LoadReport(path=str(path), loaded=len(state))
     log.info(report.summary())
     return report
 

@@ -70,5 +70,5 @@ def check_targets(model: nn.Module, targets: list[str] | str) -> None:
     folded = sorted({re.sub(r"\.\d+\.", ".N.", n) for n in linears})
     raise UserError(
         f"peft.target_modules={targets!r} matches no Linear layer of this backbone. Available Linear names "
-        f"(N = block index): {', '.join(folded)}. Give suffixes such as [qkv] or [qkv, proj, fc1, fc2]."
+        f"(N = block index): {', '.join(folded)}. Give suffixes such as [qkv] or [qkv, attn.proj, mlp.fc1, mlp.fc2] (a bare `proj` also hits patch_embed.proj)."
     )

@@ -1,0 +1,58 @@
+"""Shared fixtures: compose the real Hydra config with tiny data and outputs under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from src.config import PROJECT_ROOT
+
+CONF = str(PROJECT_ROOT / "conf")
+# Small enough for a CPU test, large enough that every batch holds both classes.
+TINY_DATA = [
+    "dataset.sizes.train=64",
+    "dataset.sizes.val=32",
+    "dataset.sizes.test=32",
+    "dataset.batch_size=16",
+]
+
+
+def compose_train(overrides: list[str], tmp_path: Path | None = None) -> DictConfig:
+    """The training config exactly as `python -m src.train <overrides>` would see it (hydra node aside)."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    if tmp_path is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.log_dir = str(tmp_path / "outputs")
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose with tiny synthetic data, no logger unless asked, outputs under tmp_path."""
+
+    def make(*overrides: str, logger: str = "none") -> DictConfig:
+        return compose_train([*TINY_DATA, f"logger={logger}", *overrides], tmp_path)
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m src.train ...` as a user would, capturing its output."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "src.train", *args],
+        cwd=cwd or PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

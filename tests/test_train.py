@@ -1,0 +1,142 @@
+"""End-to-end training through the composed config: every strategy, every task type, outputs, MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import mlflow
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from src.adapter import load_adapter, read_metadata
+from src.data.synthetic import SyntheticDataModule
+from src.errors import UserError
+from src.models.module import ClassificationModule
+from src.tasks import Task
+from src.train import build_model, train
+
+STRATEGIES = ["full", "linear", "lora", "dora", "bitfit"]
+TASKS = ["synthetic", "synthetic_multiclass", "synthetic_multilabel"]
+
+
+@pytest.mark.parametrize("peft", STRATEGIES)
+def test_fast_dev_run_every_strategy(peft: str, make_cfg) -> None:
+    metrics = train(make_cfg(f"peft={peft}", "debug=fdr"))
+    assert 0.0 <= metrics["test/auroc"] <= 1.0
+    assert metrics["trainable_params"] > 0
+    assert Path(metrics["adapter_path"]).is_file()
+
+
+@pytest.mark.parametrize("dataset", TASKS)
+def test_fast_dev_run_every_task_type(dataset: str, make_cfg) -> None:
+    metrics = train(make_cfg(f"dataset={dataset}", "debug=fdr"))
+    assert 0.0 <= metrics["test/auroc"] <= 1.0
+    if dataset.endswith("multilabel"):
+        assert {"test/auroc/opacity", "test/auroc/cavity", "test/auroc/effusion"} <= set(metrics)
+
+
+def test_run_dir_outputs(make_cfg) -> None:
+    cfg = make_cfg("debug=limit")
+    metrics = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert metrics["best_checkpoint"] and Path(metrics["best_checkpoint"]).is_file()
+    on_disk = json.loads((out / "metrics.json").read_text())
+    for key in ("trainable_params", "total_params", "val/auroc", "test/auroc", "test/acc"):
+        assert key in on_disk
+    assert "rank: 4" in (out / "config.yaml").read_text()
+    meta = read_metadata(out / "adapter.safetensors")
+    assert meta["strategy"] == "lora" and meta["rank"] == "4" and meta["backbone"] == cfg.backbone.name
+    assert json.loads(meta["class_names"]) == ["normal", "opacity"]
+
+
+def build(cfg):
+    dm = SyntheticDataModule(**{k: v for k, v in cfg.dataset.items() if k != "_target_"})
+    task = Task(dm.task_type, dm.class_names)
+    return dm, task, build_model(cfg, task)
+
+
+def test_lora_training_keeps_every_backbone_weight_bit_identical(make_cfg) -> None:
+    cfg = make_cfg("debug=limit", "callbacks=none")
+    dm, task, (model, _) = build(cfg)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    module = ClassificationModule(model, task, dict(cfg.optim))
+    L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(
+        module, dm
+    )
+    assert frozen and all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    changed = [n for n, p in model.named_parameters() if n in trained and not torch.equal(p, trained[n])]
+    assert any("lora_B" in n for n in changed) and any(n.startswith("head") for n in changed)
+
+
+@pytest.mark.parametrize("peft", ["lora", "bitfit"])
+def test_adapter_round_trip_gives_the_same_logits(peft: str, make_cfg, tmp_path: Path) -> None:
+    # The adapter holds only trained tensors, so the fresh model must share the backbone: pin it by file.
+    base = make_cfg("peft=linear")  # a plain timm state dict, no LoRA wrappers in the names
+    _, task, (model, _) = build(base)
+    backbone_file = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(backbone_file))
+
+    cfg = make_cfg(f"peft={peft}", "debug=limit", f"backbone.checkpoint={backbone_file}")
+    metrics = train(cfg)
+    images = torch.randn(4, 3, 64, 64)
+
+    torch.manual_seed(123)  # a different init of LoRA and head than the trained run had
+    fresh, _ = build_model(cfg, task)
+    fresh.eval()
+    before = fresh(images)
+    meta = load_adapter(
+        fresh, metrics["adapter_path"], expect={"strategy": peft, "backbone": cfg.backbone.name}
+    )
+    after = fresh(images)
+    assert meta["task"] == "binary"
+    assert not torch.allclose(before, after)
+
+    ckpt = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    reference, _ = build_model(cfg, task)
+    reference.load_state_dict(
+        {k.removeprefix("model."): v for k, v in ckpt.items() if k.startswith("model.")}
+    )
+    torch.testing.assert_close(after, reference.eval()(images), rtol=0, atol=0)
+
+
+def test_adapter_mismatch_is_refused(make_cfg) -> None:
+    metrics = train(make_cfg("debug=fdr"))
+    cfg = make_cfg()
+    _, _, (model, _) = build(cfg)
+    with pytest.raises(UserError, match="rank: file has '4', model has '8'"):
+        load_adapter(model, metrics["adapter_path"], expect={"rank": "8"})
+
+
+def test_mlflow_run_gets_params_metrics_and_artifacts(make_cfg, tmp_path: Path) -> None:
+    long_tag = "t" * 300
+    cfg = make_cfg("debug=limit", f"tags=[{long_tag}]", logger="mlflow")
+    metrics = train(cfg)
+    client = mlflow.MlflowClient(tracking_uri=cfg.logger.tracking_uri)
+    run = client.get_run(metrics["mlflow_run_id"])
+    assert run.data.params["tags"] == f"[{long_tag}]"  # not cut at 250 characters
+    assert run.data.params["peft.rank"] == "4"
+    assert run.data.tags["peft"] == "lora" and run.data.tags["dataset"] == "synthetic"
+    assert run.data.metrics["test/auroc"] == pytest.approx(metrics["test/auroc"])
+    assert "val/auroc" in run.data.metrics and "train/loss_epoch" in run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "val/auroc")
+    assert len(history) == 2  # one per epoch
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"adapter.safetensors", "metrics.json", "config.yaml"} <= artifacts
+    assert run.info.status == "FINISHED"
+
+
+def test_csv_logger(make_cfg) -> None:
+    cfg = make_cfg("debug=limit", logger="csv")
+    train(cfg)
+    assert (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").is_file()
+
+
+def test_fast_dev_run_with_mlflow_logs_nothing_and_does_not_fail(make_cfg) -> None:
+    # Lightning swaps the logger for a dummy under fast_dev_run; the run must still finish cleanly.
+    metrics = train(make_cfg("debug=fdr", logger="mlflow"))
+    assert metrics["mlflow_run_id"] is None
