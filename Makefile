@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: install train test lint format bench mlflow-ui clean
+.PHONY: install train pretrain test lint format bench mlflow-ui clean
 
 install: $(STAMP)
 
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP)
 	$(PY) -m src.train $(ARGS)
+
+pretrain: $(STAMP)
+	$(PY) -m src.pretrain $(ARGS)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -7,14 +7,13 @@ Metadata (all strings, as safetensors requires): ``format``, ``backbone``, ``str
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from src.atomic import atomic_write
 from src.errors import UserError
 
 FORMAT = "medpeft-adapter/1"
@@ -26,17 +25,9 @@ def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 def save_adapter(model: nn.Module, path: str | Path, metadata: dict[str, str]) -> int:
     """Write the trainable tensors atomically (temp file + rename); returns the file size in bytes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".adapter-", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(trainable_state_dict(model), tmp, metadata={"format": FORMAT, **metadata})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path.stat().st_size
+    with atomic_write(path) as tmp:
+        save_file(trainable_state_dict(model), str(tmp), metadata={"format": FORMAT, **metadata})
+    return Path(path).stat().st_size
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from src.atomic import atomic_write
 
 SHOWN = ("val/auroc", "test/auroc", "val/acc", "test/acc")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic write: a crash never leaves a half-written metrics.json behind."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Atomic, so a crash never leaves a half-written metrics.json behind."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def human_bytes(n: int) -> str:

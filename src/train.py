@@ -72,6 +72,11 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job from a composed config; returns the metrics written to metrics.json."""
+    return fit(cfg)[0]
+
+
+def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
+    """As :func:`train`, also returning the model (with the tested, best-checkpoint weights loaded)."""
     validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.paths.output_dir)
@@ -123,7 +128,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         run_logger.log_metrics({"best/val_auroc": metrics["val/auroc"]} if "val/auroc" in metrics else {})
         run_logger.log_files([adapter_path, out / "metrics.json", out / "config.yaml"])
     print(format_summary(metrics), flush=True)
-    return metrics
+    return metrics, model
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
