@@ -76,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
-    """As :func:`train`, also returning the model (with the tested, best-checkpoint weights loaded)."""
+    """As :func:`train`, also returning the model (with the best checkpoint's weights loaded)."""
     validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.paths.output_dir)
@@ -99,24 +99,22 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
         run_logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     trainer.fit(module, datamodule=datamodule)
-    best_val = trainer.checkpoint_callback.best_model_score if best_checkpoint(trainer) else None
-    final_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    tested = (
-        trainer.test(module, datamodule=datamodule, ckpt_path=best_checkpoint(trainer))[0] if cfg.test else {}
-    )
+    # Re-validate the chosen checkpoint so every val/* number (not only val/auroc) belongs to it.
+    best = best_checkpoint(trainer)
+    scores = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    if cfg.test:
+        scores |= trainer.test(module, datamodule=datamodule, ckpt_path=best)[0]
 
     adapter_path = out / "adapter.safetensors"
     adapter_bytes = save_adapter(model, adapter_path, adapter_metadata(cfg, strategy, task))
     metrics: dict[str, Any] = {
-        **final_val,
-        **({"val/auroc": float(best_val)} if best_val is not None else {}),
-        **{k: float(v) for k, v in tested.items()},
+        **{k: float(v) for k, v in scores.items()},
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": 100 * trainable / total,
         "adapter_bytes": adapter_bytes,
         "adapter_path": str(adapter_path),
-        "best_checkpoint": best_checkpoint(trainer),
+        "best_checkpoint": best,
         "run_dir": str(out),
         "mlflow_run_id": run_logger.run_id if isinstance(run_logger, MLflowLogger) else None,
     }
@@ -125,7 +123,6 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
         run_logger.log_metrics(
             {k: metrics[k] for k in ("trainable_params", "trainable_pct", "adapter_bytes")}
         )
-        run_logger.log_metrics({"best/val_auroc": metrics["val/auroc"]} if "val/auroc" in metrics else {})
         run_logger.log_files([adapter_path, out / "metrics.json", out / "config.yaml"])
     print(format_summary(metrics), flush=True)
     return metrics, model
