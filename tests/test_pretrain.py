@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -85,3 +86,7 @@ def test_default_config_resolves_to_the_shipped_backbone(tmp_path: Path) -> None
     cfg = compose_train([], tmp_path)
     assert Path(cfg.backbone.checkpoint) == SHIPPED
     assert cfg.peft.name == "lora" and cfg.rank == 4 and cfg.dataset.name == "synthetic"
+    # The preset must still describe the architecture the file was pretrained with.
+    recorded = json.loads(metadata(SHIPPED)["backbone"])
+    for key in ("name", "img_size", "kwargs"):
+        assert recorded[key] == OmegaConf.to_container(cfg.backbone, resolve=True)[key], key

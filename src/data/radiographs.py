@@ -85,8 +85,8 @@ def add_opacity(c: Canvas, img: Tensor, lungs: Tensor, on: Tensor) -> Tensor:
     px, py = c.point_in_lung(k)
     count = torch.randint(1, k + 1, (c.n, 1, 1, 1), generator=c.gen)
     keep = (torch.arange(k).view(1, k, 1, 1) < count).float()
-    sigma = 0.035 + 0.035 * torch.rand(c.n, k, 1, 1, generator=c.gen)
-    amp = 0.14 + 0.12 * torch.rand(c.n, k, 1, 1, generator=c.gen)
+    sigma = 0.05 + 0.04 * torch.rand(c.n, k, 1, 1, generator=c.gen)
+    amp = 0.12 + 0.1 * torch.rand(c.n, k, 1, 1, generator=c.gen)
     d2 = (c.x.unsqueeze(1) - px) ** 2 + (c.y.unsqueeze(1) - py) ** 2
     blobs = (keep * amp * torch.exp(-d2 / (2 * sigma**2))).sum(1)
     return img + on * blobs * (0.3 + 0.7 * lungs)
@@ -94,10 +94,10 @@ def add_opacity(c: Canvas, img: Tensor, lungs: Tensor, on: Tensor) -> Tensor:
 
 def add_cavity(c: Canvas, img: Tensor, lungs: Tensor, on: Tensor) -> Tensor:
     px, py = (t.squeeze(1) for t in c.point_in_lung(1))
-    radius = c.uniform(0.07, 0.11)
+    radius = c.uniform(0.1, 0.15)
     r = ((c.x - px) ** 2 + (c.y - py) ** 2).sqrt()
-    wall = torch.exp(-((r - radius) ** 2) / (2 * 0.018**2))
-    hole = torch.sigmoid((radius - 0.03 - r) * 60.0)
+    wall = torch.exp(-((r - radius) ** 2) / (2 * 0.025**2))
+    hole = torch.sigmoid((radius - 0.04 - r) * 60.0)
     return img + on * (0.22 * wall - 0.06 * hole) * lungs
 
 
@@ -121,11 +121,11 @@ def add_cardiomegaly(c: Canvas, img: Tensor, lungs: Tensor, on: Tensor) -> Tenso
 def add_line(c: Canvas, img: Tensor, lungs: Tensor, on: Tensor) -> Tensor:
     px, py = (t.squeeze(1) for t in c.point_in_lung(1))
     angle = c.uniform(-0.5, 0.5)
-    half = c.uniform(0.08, 0.16)
+    half = c.uniform(0.12, 0.22)
     dx, dy = torch.cos(angle), torch.sin(angle)
     along = ((c.x - px) * dx + (c.y - py) * dy).clamp(-1, 1)
     across = (-(c.x - px) * dy + (c.y - py) * dx).abs()
-    seg = torch.sigmoid((half - along.abs()) * 40.0) * torch.exp(-(across**2) / (2 * 0.012**2))
+    seg = torch.sigmoid((half - along.abs()) * 40.0) * torch.exp(-(across**2) / (2 * 0.02**2))
     return img + on * 0.25 * seg * lungs
 
 
