@@ -59,10 +59,6 @@ class ClassificationModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
-    def predict_step(self, batch: Tensor | tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.task.scores(self(images))
-
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = dict(self.optim)
         warmup, min_lr = cfg.pop("warmup_fraction", 0.0), cfg.pop("min_lr", 0.0)

@@ -42,8 +42,3 @@ class MLflowLogger(MLFlowLogger):
     def log_files(self, paths: Iterable[str | Path]) -> None:
         for path in paths:
             self.experiment.log_artifact(self.run_id, str(path))
-
-    @rank_zero_only
-    def set_tags(self, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.experiment.set_tag(self.run_id, key, value)
