@@ -12,6 +12,7 @@ from src.strategies.bitfit import BitFit
 from src.strategies.full import FullFineTuning
 from src.strategies.linear import LinearProbe
 from src.strategies.lora import LoRA
+from src.strategies.lora_qv import QVLoRALinear
 
 TINY = {"name": "vit_tiny_patch16_224", "img_size": 32, "model_kwargs": {"patch_size": 8, "depth": 2}}
 D, BLOCKS, CLASSES = 192, 2, 3
@@ -37,6 +38,7 @@ CASES = [
         LoRA(rank=2, target_modules=["qkv", "attn.proj"]),
         lambda m: BLOCKS * 2 * (4 * D + 2 * D) + HEAD,
     ),
+    ("lora_qv_r4", LoRA(rank=4, targets="qv"), lambda m: BLOCKS * 4 * 4 * D + HEAD),
     ("full", FullFineTuning(), lambda m: sum(p.numel() for p in m.parameters())),
 ]
 
@@ -59,10 +61,11 @@ def test_lora_leaves_the_function_unchanged_at_start() -> None:
     torch.testing.assert_close(before, after)
 
 
-def test_melo_count_on_vit_base() -> None:
+@pytest.mark.parametrize("targets", ["qkv", "qv"])
+def test_melo_count_on_vit_base(targets: str) -> None:
     """MeLo's figure: LoRA r=4 on ViT-B/16 qkv trains 147,456 + a 2-class head of 1,538 = 0.173 %."""
     model, _ = create_backbone("vit_base_patch16_224", num_classes=2, img_size=224)
-    model = LoRA(rank=4, alpha=4).apply(model)
+    model = LoRA(rank=4, alpha=4, targets=targets).apply(model)
     trainable, total = count_parameters(model)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     assert (lora, trainable) == (147_456, 148_994)
@@ -83,3 +86,29 @@ def test_image_size_must_be_divisible_by_the_patch() -> None:
 def test_unknown_timm_name_is_a_user_error() -> None:
     with pytest.raises(UserError, match=r"backbone\.name='vit_nonexistent'"):
         create_backbone("vit_nonexistent", num_classes=2)
+
+
+def test_qv_lora_follows_its_formula_and_leaves_k_alone() -> None:
+    torch.manual_seed(0)
+    base = torch.nn.Linear(8, 24)
+    layer = QVLoRALinear(base, rank=2, alpha=4.0)
+    for b in (layer.lora_B_q, layer.lora_B_v):
+        torch.nn.init.normal_(b.weight)
+    x = torch.randn(3, 5, 8)
+    out = layer(x)
+    w, bias, s = base.weight, base.bias, 2.0
+    aq, bq, av, bv = (m.weight for m in (layer.lora_A_q, layer.lora_B_q, layer.lora_A_v, layer.lora_B_v))
+    torch.testing.assert_close(out[..., :8], x @ w[:8].T + bias[:8] + s * x @ aq.T @ bq.T)
+    torch.testing.assert_close(out[..., 8:16], x @ w[8:16].T + bias[8:16])
+    torch.testing.assert_close(out[..., 16:], x @ w[16:].T + bias[16:] + s * x @ av.T @ bv.T)
+    merged = torch.nn.functional.linear(x, w + layer.delta_weight(), bias)
+    torch.testing.assert_close(out, merged)
+    out.sum().backward()
+    assert base.weight.grad is None and layer.lora_A_q.weight.grad is not None
+
+
+def test_qv_lora_needs_a_fused_qkv() -> None:
+    with pytest.raises(UserError, match=r"peft\.targets=qv needs fused qkv"):
+        LoRA(targets="qv", target_modules=["fc1"]).apply(tiny_model())
+    with pytest.raises(UserError, match=r"peft\.targets='kv'"):
+        LoRA(targets="kv").apply(tiny_model())

@@ -18,7 +18,7 @@ from src.models.module import ClassificationModule
 from src.tasks import Task
 from src.train import build_model, train
 
-STRATEGIES = ["full", "linear", "lora", "dora", "bitfit"]
+STRATEGIES = ["full", "linear", "lora", "dora", "lora_medpeft", "bitfit"]
 TASKS = ["synthetic", "synthetic_multiclass", "synthetic_multilabel"]
 
 
@@ -73,7 +73,7 @@ def test_lora_training_keeps_every_backbone_weight_bit_identical(make_cfg) -> No
     assert any("lora_B" in n for n in changed) and any(n.startswith("head") for n in changed)
 
 
-@pytest.mark.parametrize("peft", ["lora", "bitfit"])
+@pytest.mark.parametrize("peft", ["lora", "lora_medpeft", "bitfit"])
 def test_adapter_round_trip_gives_the_same_logits(peft: str, make_cfg, tmp_path: Path) -> None:
     # The adapter holds only trained tensors, so the fresh model must share the backbone: pin it by file.
     base = make_cfg("peft=linear")  # a plain timm state dict, no LoRA wrappers in the names

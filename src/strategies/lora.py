@@ -8,6 +8,9 @@ so training starts from the pretrained function and adds ``r * (d_in + d_out)`` 
 ViT-B/16's fused ``qkv`` (768 -> 2304) that is 3,072 r per block, 36,864 r over 12 blocks: 147,456 at r=4,
 MeLo's 0.17 %. ``options`` passes further ``LoraConfig`` fields, e.g. ``use_dora: true`` (DoRA) or
 ``use_rslora: true``.
+
+``targets="qv"`` adapts only the query and value parts of each fused qkv named by ``target_modules``
+(MeLo's and MED-PEFT's placement; see :mod:`src.strategies.lora_qv`) instead of the whole output.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from src.errors import UserError
-from src.strategies.base import Strategy, unfreeze_head
+from src.strategies.base import Strategy, freeze, unfreeze_head
+from src.strategies.lora_qv import inject_qv_lora
+
+TARGET_PARTS = ("qkv", "qv")
 
 
 @dataclass
@@ -30,11 +36,19 @@ class LoRA(Strategy):
     alpha: float = 4.0
     dropout: float = 0.0
     target_modules: list[str] | str = field(default_factory=lambda: ["qkv"])
+    targets: str = "qkv"
     options: dict[str, Any] = field(default_factory=dict)
 
     def apply(self, model: nn.Module) -> nn.Module:
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
-        check_targets(model, targets)
+        names = check_targets(model, targets)
+        if self.targets not in TARGET_PARTS:
+            raise UserError(f"peft.targets={self.targets!r}: choose {' or '.join(TARGET_PARTS)}.")
+        if self.targets == "qv":
+            freeze(model)
+            model = inject_qv_lora(model, check_fused_qkv(model, names), self.rank, self.alpha, self.dropout)
+            unfreeze_head(model)
+            return model
         config = LoraConfig(
             r=self.rank,
             lora_alpha=self.alpha,
@@ -52,7 +66,13 @@ class LoRA(Strategy):
         targets = (
             self.target_modules if isinstance(self.target_modules, str) else ",".join(self.target_modules)
         )
-        return {**super().metadata(), "rank": str(self.rank), "alpha": str(self.alpha), "targets": targets}
+        return {
+            **super().metadata(),
+            "rank": str(self.rank),
+            "alpha": str(self.alpha),
+            "target_modules": targets,
+            "targets": self.targets,
+        }
 
 
 def matches(name: str, targets: list[str] | str) -> bool:
@@ -62,13 +82,25 @@ def matches(name: str, targets: list[str] | str) -> bool:
     return any(name == t or name.endswith(f".{t}") for t in targets)
 
 
-def check_targets(model: nn.Module, targets: list[str] | str) -> None:
-    """Refuse targets that match no Linear layer, listing the ones that exist (block indices folded)."""
+def check_targets(model: nn.Module, targets: list[str] | str) -> list[str]:
+    """The Linear layers the targets match; refuse none, listing the ones that exist (indices folded)."""
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if any(matches(n, targets) for n in linears):
-        return
+    found = [n for n in linears if matches(n, targets)]
+    if found:
+        return found
     folded = sorted({re.sub(r"\.\d+\.", ".N.", n) for n in linears})
     raise UserError(
         f"peft.target_modules={targets!r} matches no Linear layer of this backbone. Available Linear names "
         f"(N = block index): {', '.join(folded)}. Give suffixes such as [qkv] or [qkv, attn.proj, mlp.fc1, mlp.fc2] (a bare `proj` also hits patch_embed.proj)."
     )
+
+
+def check_fused_qkv(model: nn.Module, names: list[str]) -> list[str]:
+    """q/v LoRA splits a fused projection in three: every target must map d -> 3d."""
+    bad = [n for n in names if model.get_submodule(n).out_features != 3 * model.get_submodule(n).in_features]
+    if bad:
+        raise UserError(
+            f"peft.targets=qv needs fused qkv Linear layers (out = 3 x in), but {', '.join(bad[:3])} are not; "
+            "set peft.target_modules=[qkv] or use peft.targets=qkv."
+        )
+    return names
