@@ -1,7 +1,8 @@
 """``adapter.safetensors``: only the trained tensors of a run, with the metadata to re-apply them.
 
 Metadata (all strings, as safetensors requires): ``format``, ``backbone``, ``strategy`` (+ ``rank``, ``alpha``,
-``targets`` for LoRA), ``task``, ``class_names`` (JSON list), ``img_size``.
+``target_modules``, ``targets`` for LoRA), ``task``, ``class_names`` (JSON list), ``img_size``, and the
+resolved ``backbone_config`` and ``strategy_config`` (JSON) that rebuild the model around it.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ run dir and logs them to MLflow.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task) -> dict[st
         "task": task.type,
         "class_names": class_names_json(task.class_names),
         **strategy.metadata(),
+        # Enough to rebuild the exact model around the adapter later (predict, adapter bank).
+        "backbone_config": json.dumps(OmegaConf.to_container(cfg.backbone, resolve=True)),
+        "strategy_config": json.dumps(OmegaConf.to_container(cfg.peft, resolve=True)),
     }
 
 

@@ -1,0 +1,89 @@
+"""An adapter bank: many task adapters over one frozen backbone in memory (MeLo's task plug-ins).
+
+Every adapter file of the bank must come from the same backbone and strategy structure (e.g. LoRA r=4 on
+qkv); the class count may differ per task. ``switch(name)`` points the model's adapted parameters at that
+task's tensors and swaps in its head: no copy of the backbone, no rebuild, no file read. Meant for
+inference: training after a switch would write into the bank's stored tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from src.adapter import FORMAT, read_metadata
+from src.errors import UserError
+from src.models.backbone import head_parameter_prefixes
+
+# Metadata that fixes the module structure the adapter's tensors plug into.
+STRUCTURE = ("backbone", "img_size", "strategy", "rank", "alpha", "target_modules", "targets")
+
+
+@dataclass
+class TaskAdapter:
+    name: str
+    metadata: dict[str, str]
+    tensors: dict[str, Tensor]
+    head: nn.Module
+
+    @property
+    def class_names(self) -> list[str]:
+        return json.loads(self.metadata["class_names"])
+
+
+class AdapterBank:
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval()
+        self.head_prefix = head_parameter_prefixes(model)[0]
+        self.head_name = self.head_prefix.rstrip(".")
+        self.params = {n: p for n, p in model.named_parameters() if not n.startswith(self.head_prefix)}
+        self.adapters: dict[str, TaskAdapter] = {}
+        self.active: str | None = None
+
+    def add(self, name: str, path: str | Path) -> TaskAdapter:
+        """Read one adapter file into memory after checking it fits the bank's model."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"adapter file {path} does not exist.")
+        meta = read_metadata(path)
+        if meta.get("format") != FORMAT:
+            raise UserError(f"{path} is not a medpeft adapter (format={meta.get('format')!r}).")
+        if self.adapters:
+            first = next(iter(self.adapters.values()))
+            wrong = [k for k in STRUCTURE if meta.get(k) != first.metadata.get(k)]
+            if wrong:
+                detail = ", ".join(f"{k} {meta.get(k)!r} vs {first.metadata.get(k)!r}" for k in wrong)
+                raise UserError(f"adapter {path} does not fit the bank (first: {first.name}): {detail}.")
+        tensors = load_file(str(path))
+        head_state = {
+            k[len(self.head_prefix) :]: v for k, v in tensors.items() if k.startswith(self.head_prefix)
+        }
+        body = {k: v for k, v in tensors.items() if not k.startswith(self.head_prefix)}
+        bad = [k for k, v in body.items() if k not in self.params or self.params[k].shape != v.shape]
+        if bad or "weight" not in head_state:
+            raise UserError(
+                f"adapter {path} does not match the bank's model (e.g. {bad[:3] or 'no head'}): "
+                "it was trained with another backbone, strategy or rank."
+            )
+        weight = head_state["weight"]
+        head = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in head_state)
+        head.load_state_dict(head_state)
+        adapter = TaskAdapter(name, meta, body, head.eval().requires_grad_(False))
+        self.adapters[name] = adapter
+        return adapter
+
+    def switch(self, name: str) -> TaskAdapter:
+        """Make ``name`` the active task: O(number of adapted tensors) pointer swaps, no copies."""
+        if name not in self.adapters:
+            raise UserError(f"no adapter {name!r} in the bank; it holds {', '.join(self.adapters)}.")
+        adapter = self.adapters[name]
+        for key, tensor in adapter.tensors.items():
+            self.params[key].data = tensor
+        parent, _, child = self.head_name.rpartition(".")
+        setattr(self.model.get_submodule(parent) if parent else self.model, child, adapter.head)
+        self.active = name
+        return adapter
