@@ -27,7 +27,7 @@ class QVLoRALinear(nn.Module):
         if base.out_features != 3 * d:
             raise ValueError(f"q/v LoRA needs a fused qkv Linear (out = 3 x in), got {base}")
         self.base = base.requires_grad_(False)
-        self.dim, self.scaling = d, alpha / rank
+        self.dim, self.scaling, self.merged = d, alpha / rank, False
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.lora_A_q = nn.Linear(d, rank, bias=False)
         self.lora_B_q = nn.Linear(rank, d, bias=False)
@@ -43,8 +43,23 @@ class QVLoRALinear(nn.Module):
         dv = self.lora_B_v.weight @ self.lora_A_v.weight
         return self.scaling * torch.cat([dq, torch.zeros_like(dq), dv], dim=0)
 
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into the base weight: inference then costs exactly the plain Linear."""
+        if not self.merged:
+            self.base.weight += self.delta_weight()
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight -= self.delta_weight()
+            self.merged = False
+
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)
+        if self.merged:
+            return out
         h = self.dropout(x)
         dq = self.lora_B_q(self.lora_A_q(h)) * self.scaling
         dv = self.lora_B_v(self.lora_A_v(h)) * self.scaling
