@@ -9,6 +9,7 @@ equal MeLo's formula; exporting folds our scaling into B so that MeLo's formula 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -17,6 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from src.adapter import FORMAT, class_names_json
+from src.atomic import atomic_write
 from src.errors import UserError
 from src.strategies.lora_qv import QVLoRALinear
 
@@ -88,3 +91,53 @@ def export_melo(model: nn.Module, path: str | Path, alpha: int = 4) -> None:
     c, d = head.weight.shape
     out[f"fc_{d}in_{c}out"] = head.weight.detach().clone()
     save_file({k: v.contiguous() for k, v in out.items()}, str(path))
+
+
+def melo_to_adapter(melo_file: str | Path, preset: dict, out: str | Path) -> Path:
+    """Convert a MeLo file into our ``adapter.safetensors`` for ``preset`` (backbone config, task,
+    class names, rank, alpha), folding MeLo's integer scaling so outputs stay exactly MeLo's."""
+    path = Path(melo_file)
+    if not path.is_file():
+        raise UserError(f"melo.file={path} does not exist; download the MeLo adapter and give its path.")
+    tensors = load_file(str(path))
+    heads = [k for k in tensors if HEAD_KEY.fullmatch(k)]
+    n = len([k for k in tensors if k.startswith("w_a_")])
+    if len(heads) != 1 or n == 0 or n % 2:
+        raise UserError(f"{path} is not a MeLo LoRA file (w_a_NNN, w_b_NNN, fc_<d>in_<C>out).")
+    rank, alpha = int(tensors["w_a_000"].shape[0]), int(preset["alpha"])
+    if rank != int(preset["rank"]):
+        raise UserError(f"{path} has rank {rank} but the preset says rank {preset['rank']}.")
+    classes = list(preset["class_names"])
+    if tensors[heads[0]].shape[0] != len(classes):
+        raise UserError(
+            f"{path}: head {heads[0]} has {tensors[heads[0]].shape[0]} classes, preset {len(classes)}."
+        )
+    fold = (alpha // rank) / (alpha / rank)  # our layer scales by alpha / r, MeLo by alpha // r
+    state: dict[str, Tensor] = {}
+    for i in range(n // 2):
+        for part, idx in (("q", 2 * i), ("v", 2 * i + 1)):
+            state[f"blocks.{i}.attn.qkv.lora_A_{part}.weight"] = tensors[f"w_a_{idx:03d}"]
+            state[f"blocks.{i}.attn.qkv.lora_B_{part}.weight"] = tensors[f"w_b_{idx:03d}"] * fold
+    state["head.weight"] = tensors[heads[0]]
+    state["head.bias"] = torch.zeros(len(classes))  # MeLo saves none
+    strategy = {"_target_": "src.strategies.lora.LoRA", "name": "lora", "rank": rank, "alpha": alpha,
+                "dropout": 0.0, "target_modules": ["qkv"], "targets": "qv", "options": {}}  # fmt: skip
+    backbone = dict(preset["backbone"])
+    meta = {
+        "format": FORMAT,
+        "backbone": backbone["name"],
+        "img_size": str(backbone["img_size"]),
+        "task": preset["task"],
+        "class_names": class_names_json(classes),
+        "strategy": "lora",
+        "rank": str(rank),
+        "alpha": str(alpha),
+        "target_modules": "qkv",
+        "targets": "qv",
+        "backbone_config": json.dumps(backbone),
+        "strategy_config": json.dumps(strategy),
+        "converted_from": path.name,
+    }
+    with atomic_write(out) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
+    return Path(out)

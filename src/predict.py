@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from src.config import PROJECT_ROOT
 from src.data.base import Normalize
 from src.data.image_files import DICOM_SUFFIXES, read_image
 from src.errors import UserError
+from src.melo import melo_to_adapter
 from src.merge import merge_adapters, unmerge_adapters
 from src.models.backbone import create_backbone
 from src.tasks import Task
@@ -144,13 +146,20 @@ def write_csv(
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="predict")
 def main(cfg: DictConfig) -> None:
+    adapters = OmegaConf.to_container(cfg.adapters) if not isinstance(cfg.adapters, str) else [cfg.adapters]
     try:
-        adapters = (
-            OmegaConf.to_container(cfg.adapters) if not isinstance(cfg.adapters, str) else [cfg.adapters]
-        )
-        files, probs, classes = predict(
-            adapters, list(cfg.inputs), cfg.batch_size, cfg.merge, cfg.backbone_checkpoint
-        )
+        with tempfile.TemporaryDirectory(prefix="melo-") as tmp:
+            if cfg.get("melo"):
+                if OmegaConf.is_missing(cfg.melo, "file"):
+                    raise UserError(
+                        "melo.file is required with a MeLo preset: melo.file=/path/to/adapter.safetensors"
+                    )
+                preset = OmegaConf.to_container(cfg.melo, resolve=True)
+                adapter = melo_to_adapter(preset["file"], preset, Path(tmp) / "adapter.safetensors")
+                adapters = {Path(preset["file"]).stem: str(adapter)}
+            files, probs, classes = predict(
+                adapters, list(cfg.inputs), cfg.batch_size, cfg.merge, cfg.backbone_checkpoint
+            )
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
     write_csv(Path(cfg.out), files, probs, classes)

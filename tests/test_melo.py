@@ -5,14 +5,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
+from src.data.image_files import read_image
 from src.errors import UserError
-from src.melo import export_melo, load_melo
+from src.melo import export_melo, load_melo, melo_to_adapter
 from src.models.backbone import create_backbone
+from src.predict import predict
 from src.strategies.lora import LoRA
 
 TINY = {"name": "vit_tiny_patch16_224", "img_size": 32, "model_kwargs": {"patch_size": 8, "depth": 2}}
@@ -109,3 +113,59 @@ def test_melo_mismatches_are_clear(tmp_path: Path) -> None:
     plain, _ = create_backbone(num_classes=3, **TINY)
     with pytest.raises(UserError, match=r"peft\.targets=qv"):
         load_melo(plain, path)
+
+
+def test_melo_file_converts_to_an_adapter_that_predict_uses(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    model, _ = create_backbone(num_classes=4, **TINY)
+    backbone = {k: v for k, v in model.state_dict().items() if "head" not in k}
+    save_file({k: v.contiguous() for k, v in backbone.items()}, str(tmp_path / "backbone.safetensors"))
+    melo_file = tmp_path / "blood-cells_base_lora_4_4.safetensors"
+    reference = reference_melo(
+        backbone, rank=2, alpha=5, classes=4, path=melo_file
+    )  # alpha // r = 2, not 2.5
+    preset = {
+        "task": "multiclass",
+        "class_names": ["a", "b", "c", "d"],
+        "rank": 2,
+        "alpha": 5,
+        "backbone": {"name": TINY["name"], "img_size": 32, "pretrained": False, "kwargs": TINY["model_kwargs"],
+                     "checkpoint": str(tmp_path / "backbone.safetensors"), "mean": [0.5] * 3, "std": [0.5] * 3},
+    }  # fmt: skip
+    adapter = melo_to_adapter(melo_file, preset, tmp_path / "adapter.safetensors")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)).save(image)
+    _, probs, classes = predict({"cells": str(adapter)}, [str(image)])
+    pixels = read_image(image, 32).float().div(255).sub(0.5).div(0.5).expand(1, 3, -1, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(probs["cells"], reference(pixels).softmax(-1), atol=1e-5, rtol=1e-4)
+    assert classes["cells"] == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize(
+    ("preset", "classes", "size"),
+    [("sz_cxr", 2, 224), ("blood_cells", 4, 224), ("nih_cxr14", 14, 384), ("inbreast", 2, 384)],
+)
+def test_melo_presets_compose(preset: str, classes: int, size: int) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from src.config import PROJECT_ROOT
+
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("predict", overrides=[f"melo={preset}", "melo.file=x.safetensors", "inputs=[a.png]"])
+    assert len(cfg.melo.class_names) == classes and cfg.melo.backbone.img_size == size
+    assert cfg.melo.rank == 4 and cfg.melo.alpha == 4 and cfg.melo.backbone.pretrained
+
+
+def test_melo_preset_without_its_file_is_one_clear_line() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "src.predict", "melo=sz_cxr", "inputs=[a.png]"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "melo.file is required" in result.stderr
+    assert "Traceback" not in result.stderr
