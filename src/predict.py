@@ -146,7 +146,8 @@ def write_csv(
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="predict")
 def main(cfg: DictConfig) -> None:
-    adapters = OmegaConf.to_container(cfg.adapters) if not isinstance(cfg.adapters, str) else [cfg.adapters]
+    raw = cfg.adapters
+    adapters = [] if raw is None else [raw] if isinstance(raw, str) else OmegaConf.to_container(raw)
     try:
         with tempfile.TemporaryDirectory(prefix="melo-") as tmp:
             if cfg.get("melo"):
