@@ -36,25 +36,31 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def load_adapter(model: nn.Module, path: str | Path, expect: dict[str, str] | None = None) -> dict[str, str]:
-    """Load an adapter into a model built with the same backbone and strategy; returns its metadata.
-
-    ``expect`` lists metadata that must match (e.g. backbone, strategy, rank, class_names): a mismatch is a
-    clear error rather than a silently wrong model.
-    """
+def read_adapter(path: str | Path) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """(metadata, tensors) of an adapter file, refusing anything that is not one of ours."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"adapter file {path} does not exist.")
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:
         raise UserError(f"{path} is not a medpeft adapter (format={meta.get('format')!r}, want {FORMAT}).")
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
+    return meta, tensors
+
+
+def load_adapter(model: nn.Module, path: str | Path, expect: dict[str, str] | None = None) -> dict[str, str]:
+    """Load an adapter into a model built with the same backbone and strategy; returns its metadata.
+
+    ``expect`` lists metadata that must match (e.g. backbone, strategy, rank, class_names): a mismatch is a
+    clear error rather than a silently wrong model.
+    """
+    meta, tensors = read_adapter(path)
     wrong = {k: (meta.get(k), v) for k, v in (expect or {}).items() if meta.get(k) != v}
     if wrong:
         detail = "; ".join(f"{k}: file has {got!r}, model has {want!r}" for k, (got, want) in wrong.items())
         raise UserError(f"adapter {path} does not match this model: {detail}.")
     own = model.state_dict()
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
     bad = [k for k, v in tensors.items() if k not in own or own[k].shape != v.shape]
     if bad:
         raise UserError(

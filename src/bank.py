@@ -12,10 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from src.adapter import FORMAT, read_metadata
+from src.adapter import read_adapter
 from src.errors import UserError
 from src.models.backbone import head_parameter_prefixes
 
@@ -46,19 +45,13 @@ class AdapterBank:
 
     def add(self, name: str, path: str | Path) -> TaskAdapter:
         """Read one adapter file into memory after checking it fits the bank's model."""
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"adapter file {path} does not exist.")
-        meta = read_metadata(path)
-        if meta.get("format") != FORMAT:
-            raise UserError(f"{path} is not a medpeft adapter (format={meta.get('format')!r}).")
+        meta, tensors = read_adapter(path)
         if self.adapters:
             first = next(iter(self.adapters.values()))
             wrong = [k for k in STRUCTURE if meta.get(k) != first.metadata.get(k)]
             if wrong:
                 detail = ", ".join(f"{k} {meta.get(k)!r} vs {first.metadata.get(k)!r}" for k in wrong)
                 raise UserError(f"adapter {path} does not fit the bank (first: {first.name}): {detail}.")
-        tensors = load_file(str(path))
         head_state = {
             k[len(self.head_prefix) :]: v for k, v in tensors.items() if k.startswith(self.head_prefix)
         }

@@ -1,4 +1,4 @@
-"""A dataset that decodes image files on access (PIL), for sources small enough not to need a cache."""
+"""Image decoding (PIL for PNG / JPEG / TIFF, pydicom for DICOM) and a dataset that decodes on access."""
 
 from __future__ import annotations
 
