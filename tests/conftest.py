@@ -24,10 +24,12 @@ TINY_DATA = [
 ]
 
 
-def compose_train(overrides: list[str], tmp_path: Path | None = None) -> DictConfig:
-    """The training config exactly as `python -m src.train <overrides>` would see it (hydra node aside)."""
+def compose_train(
+    overrides: list[str], tmp_path: Path | None = None, config_name: str = "train"
+) -> DictConfig:
+    """The config exactly as `python -m src.<config_name> <overrides>` would see it (hydra node aside)."""
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose(config_name=config_name, overrides=overrides)
     if tmp_path is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")

@@ -59,6 +59,13 @@ def reference_melo(backbone_state: dict, rank: int, alpha: int, classes: int, pa
     return model.eval()
 
 
+def backbone_state() -> dict:
+    """A random tiny backbone without its head, shared by the reference and our model."""
+    return {
+        k: v for k, v in create_backbone(num_classes=2, **TINY)[0].state_dict().items() if "head" not in k
+    }
+
+
 def ours(backbone_state: dict, rank: int, classes: int) -> nn.Module:
     model, _ = create_backbone(num_classes=classes, **TINY)
     model.load_state_dict(backbone_state, strict=False)
@@ -68,9 +75,7 @@ def ours(backbone_state: dict, rank: int, classes: int) -> nn.Module:
 @pytest.mark.parametrize(("rank", "alpha"), [(4, 4), (2, 5), (4, 16)])
 def test_melo_file_loads_to_the_same_outputs(rank: int, alpha: int, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    backbone = {
-        k: v for k, v in create_backbone(num_classes=3, **TINY)[0].state_dict().items() if "head" not in k
-    }
+    backbone = backbone_state()
     path = tmp_path / "blood-cells_base_lora_4_4.safetensors"
     reference = reference_melo(backbone, rank, alpha, classes=3, path=path)
     model = ours(backbone, rank, classes=3)
@@ -82,9 +87,7 @@ def test_melo_file_loads_to_the_same_outputs(rank: int, alpha: int, tmp_path: Pa
 
 def test_export_round_trips_through_melos_formula(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    backbone = {
-        k: v for k, v in create_backbone(num_classes=2, **TINY)[0].state_dict().items() if "head" not in k
-    }
+    backbone = backbone_state()
     model = ours(backbone, rank=4, classes=2)
     for name, p in model.named_parameters():
         if "lora_B" in name:
@@ -101,9 +104,7 @@ def test_export_round_trips_through_melos_formula(tmp_path: Path) -> None:
 
 def test_melo_mismatches_are_clear(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    backbone = {
-        k: v for k, v in create_backbone(num_classes=3, **TINY)[0].state_dict().items() if "head" not in k
-    }
+    backbone = backbone_state()
     path = tmp_path / "m.safetensors"
     reference_melo(backbone, 4, 4, classes=3, path=path)
     with pytest.raises(UserError, match="head fc_192in_3out"):

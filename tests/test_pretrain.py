@@ -24,15 +24,7 @@ def metadata(path: Path) -> dict[str, str]:
 
 
 def compose_pretrain(overrides: list[str], tmp_path: Path):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="pretrain", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
-        cfg.paths.log_dir = str(tmp_path / "outputs")
-    return cfg
+    return compose_train(overrides, tmp_path, config_name="pretrain")
 
 
 def test_pretrain_runs_a_few_steps_and_writes_a_loadable_backbone(tmp_path: Path) -> None:
