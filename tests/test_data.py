@@ -94,7 +94,7 @@ def test_shenzhen_layout_split_and_training(tmp_path: Path) -> None:
     before = sorted((p.name, p.stat().st_mtime_ns) for p in root.rglob("*"))
     dm = ShenzhenCXRDataModule(class_names=["normal", "tuberculosis"], **{**COMMON, "root": str(root)})
     dm.check()
-    assert [len(dm.splits[s][0]) for s in ("train", "val", "test")] == [16, 2, 2]
+    assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [16, 2, 2]
     overrides = [
         "dataset=sz_cxr",
         f"dataset.root={root}",
@@ -119,6 +119,6 @@ def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     dm = ShenzhenCXRDataModule(class_names=["normal", "tuberculosis"], **{**COMMON, "root": str(root)})
     dm.setup()
-    split = next(s for s in ("train", "val", "test") if bad in dm.splits[s][0])
+    split = next(s for s in ("train", "val", "test") if bad in dm.splits[s].paths)
     with pytest.raises(UserError, match=r"CHNCXR_0001_1\.png"):
-        dm.datasets[split][dm.splits[split][0].index(bad)]
+        dm.datasets[split][dm.splits[split].paths.index(bad)]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from src.data.base import SPLITS, ClassificationDataModule
-from src.data.image_files import ImageFileDataset
+from src.data.base import SPLITS
+from src.data.files import FileDataModule, FileSplit
 from src.data.splits import holdout_sizes, stratified_split
 from src.errors import UserError
 
@@ -34,16 +34,15 @@ def find_image_dir(root: Path) -> Path:
     )
 
 
-class ShenzhenCXRDataModule(ClassificationDataModule):
+class ShenzhenCXRDataModule(FileDataModule):
+    LAYOUT = LAYOUT
+
     def __init__(self, seed: int = 42, **kwargs) -> None:
         super().__init__(task="binary", **kwargs)
         self.seed = seed
-        self.splits: dict[str, tuple[list[Path], list[int]]] = {}
 
-    def check(self) -> None:
-        if self.root is None:
-            raise UserError(f"dataset.root is not set. Expected layout: {LAYOUT}.")
-        image_dir = find_image_dir(Path(self.root).expanduser())
+    def index(self, root: Path) -> dict[str, FileSplit]:
+        image_dir = find_image_dir(root)
         files = sorted(p for p in image_dir.iterdir() if PATTERN.search(p.name))
         if len(files) < 3:
             raise UserError(
@@ -52,16 +51,9 @@ class ShenzhenCXRDataModule(ClassificationDataModule):
             )
         labels = [int(PATTERN.search(p.name).group(1)) for p in files]
         parts = stratified_split(labels, holdout_sizes(len(files)), self.seed)
-        self.splits = {
-            s: ([files[i] for i in idx], [labels[i] for i in idx])
+        return {
+            s: FileSplit(
+                [files[i] for i in idx], torch.as_tensor([labels[i] for i in idx], dtype=torch.int64)
+            )
             for s, idx in zip(SPLITS, parts, strict=True)
         }
-
-    def build_split(self, split: str) -> ImageFileDataset:
-        if not self.splits:
-            self.check()
-        paths, labels = self.splits[split]
-        targets = torch.as_tensor(labels, dtype=torch.int64)
-        return ImageFileDataset(
-            paths, targets, self.image_size, self.normalize, self.hflip and split == "train"
-        )
