@@ -109,6 +109,10 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     if cfg.test:
         scores |= trainer.test(module, datamodule=datamodule, ckpt_path=best)[0]
 
+    extras, files = datamodule.report(out)
+    strategy_extras, strategy_files = strategy.report(model, out)
+    extras, files = {**extras, **strategy_extras}, [*files, *strategy_files]
+
     adapter_path = out / "adapter.safetensors"
     adapter_bytes = save_adapter(model, adapter_path, adapter_metadata(cfg, strategy, task))
     metrics: dict[str, Any] = {
@@ -121,13 +125,14 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
         "best_checkpoint": best,
         "run_dir": str(out),
         "mlflow_run_id": run_logger.run_id if isinstance(run_logger, MLflowLogger) else None,
+        **extras,
     }
     write_json(out / "metrics.json", metrics)
     if isinstance(run_logger, MLflowLogger):
         run_logger.log_metrics(
             {k: metrics[k] for k in ("trainable_params", "trainable_pct", "adapter_bytes")}
         )
-        run_logger.log_files([adapter_path, out / "metrics.json", out / "config.yaml"])
+        run_logger.log_files([adapter_path, out / "metrics.json", out / "config.yaml", *files])
     print(format_summary(metrics), flush=True)
     return metrics, model
 

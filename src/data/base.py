@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -57,6 +59,10 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def check(self) -> None:
         """Cheap validation of the source (paths, label files) before any model is built."""
+
+    def report(self, out: Path) -> tuple[dict[str, Any], list[Path]]:
+        """After training: entries for metrics.json and files written under ``out`` to log as artifacts."""
+        return {}, []
 
     def setup(self, stage: str | None = None) -> None:
         for split in STAGE_SPLITS.get(stage, SPLITS) if stage else SPLITS:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -25,6 +27,10 @@ class Strategy(ABC):
     def metadata(self) -> dict[str, str]:
         """What an adapter file must record to be re-applied later (``rank`` only where it matters)."""
         return {"strategy": self.name}
+
+    def report(self, model: nn.Module, out: Path) -> tuple[dict[str, Any], list[Path]]:
+        """After training: entries for metrics.json and files written under ``out`` to log as artifacts."""
+        return {}, []
 
 
 def freeze(model: nn.Module) -> None:
