@@ -85,7 +85,7 @@ class ImageFileDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = self.transform(read_grayscale(self.paths[index], self.size))
+        image = self.transform(read_image(self.paths[index], self.size))
         if self.hflip and torch.rand(()) < 0.5:
             image = image.flip(-1)
         return image, self.targets[index]
