@@ -8,6 +8,7 @@ split and builds the datasets that decode the images.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -64,3 +65,35 @@ class FileDataModule(ClassificationDataModule):
         return ImageFileDataset(
             part.paths, part.targets, self.image_size, self.normalize, self.hflip and split == "train"
         )
+
+
+def require_file(path: Path, layout: str) -> Path:
+    """``path`` itself, or a UserError naming it and showing the layout it belongs to."""
+    if not path.exists():
+        raise UserError(f"{path} is missing. Expected layout: {layout}. Check dataset.root.")
+    return path
+
+
+def check_matched(unmatched: Sequence[str], labels: Path | str, images: Path | str, limit: int = 5) -> None:
+    """Label entries without an image are an error listing the first few, never silently dropped."""
+    if unmatched:
+        raise UserError(
+            f"{len(unmatched)} entries of {labels} have no image under {images} (first: "
+            f"{', '.join(map(str, unmatched[:limit]))}). Complete the download or point dataset.root at it."
+        )
+
+
+def medpeft_lists(split_dir: Path, split_train: str, folder: str) -> dict[str, tuple[Path, list[list[str]]]]:
+    """MED-PEFT's split lists (``DatasetsSplits/<folder>``): the whitespace-split lines of ``<split_train>.txt``
+    (train_list, or its 10 % / 1 % subsets train_10 / train_1), ``val_list.txt`` and ``test_list.txt``."""
+    out = {}
+    for split, stem in (("train", split_train), ("val", "val_list"), ("test", "test_list")):
+        path = split_dir / f"{stem}.txt"
+        if not path.exists():
+            raise UserError(
+                f"{path} is missing: dataset.split_dir must be MED-PEFT's DatasetsSplits/{folder} folder "
+                "(train_list.txt, val_list.txt, test_list.txt; dataset.split_train picks train_list, "
+                "train_10 or train_1)."
+            )
+        out[split] = (path, [line.split() for line in path.read_text().splitlines() if line.strip()])
+    return out

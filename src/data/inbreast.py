@@ -1,0 +1,105 @@
+"""INbreast: 410 full-field digital mammograms (DICOM), BI-RADS binarised as in MeLo.
+
+Expected layout under ``dataset.root`` (the ``INbreast Release 1.0`` folder or its parent):
+
+    <root>/INbreast.csv   ';'-separated: Patient ID;Patient age;Laterality;View;Acquisition date;File Name;ACR;Bi-Rads
+    <root>/AllDICOMs/<File Name>_<patient hash>_MG_<R|L>_<CC|ML>_ANON.dcm
+
+The release's ``INbreast.xls`` holds the same table; reading .xls needs xlrd, which medpeft does not depend
+on, so export its first sheet as CSV (the release already ships ``INbreast.csv``).
+
+Label (MeLo ``utils/dataloader_inbreast.py``, 2 classes): BI-RADS 1, 2, 3 -> 0 (benign), 4a/4b/4c/5/6 -> 1.
+Splits (MeLo ``train_kfold.py``): 5 folds **by patient** (the hash in the file name; the table's Patient ID
+is "removed"), seeded and stratified by the patient's label; ``fold=k`` tests on fold k, validates on fold
+k+1 (mod 5) and trains on the other three. MeLo's own fold file is not public, so the folds differ from its.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from src.data.files import FileDataModule, FileSplit, check_matched, require_file
+from src.data.groups import patient_folds
+from src.errors import UserError
+
+FOLDS = 5
+RELEASE = "INbreast Release 1.0"
+LAYOUT = (
+    "<root>/INbreast.csv (';'-separated, columns 'File Name' and 'Bi-Rads') and "
+    "<root>/AllDICOMs/<File Name>_<patient hash>_MG_<R|L>_<CC|ML>_ANON.dcm"
+)
+
+
+def find_base(root: Path) -> Path:
+    return root / RELEASE if (root / RELEASE / "AllDICOMs").is_dir() else root
+
+
+def birads_label(value: str, source: Path) -> int:
+    """MeLo's 2-class mapping on the category's first character: 1-3 -> 0, 4a/4b/4c/5/6 -> 1."""
+    first = value.strip()[:1]
+    if not first or first not in "123456":
+        raise UserError(f"{source}: Bi-Rads value {value!r} is not one of 1, 2, 3, 4a, 4b, 4c, 5, 6.")
+    return int(first >= "4")
+
+
+def read_table(base: Path) -> dict[str, int]:
+    """File Name -> label; rows without a numeric File Name (an exported sheet's totals footer) are skipped."""
+    path = base / "INbreast.csv"
+    if not path.exists() and (base / "INbreast.xls").exists():
+        raise UserError(
+            f"{base / 'INbreast.xls'} found but no INbreast.csv: medpeft reads the CSV (reading .xls would need "
+            f"xlrd). Open the .xls, save Sheet1 as CSV to {path} (or copy the release's INbreast.csv there)."
+        )
+    require_file(path, LAYOUT)
+    sep = ";" if ";" in path.read_text(errors="replace").split("\n", 1)[0] else ","
+    table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    table.columns = [c.strip() for c in table.columns]
+    if not {"File Name", "Bi-Rads"} <= set(table.columns):
+        raise UserError(f"{path} lacks the columns 'File Name' and 'Bi-Rads' (has {list(table.columns)}).")
+    labels = {}
+    for name, birads in zip(table["File Name"], table["Bi-Rads"], strict=True):
+        name = name.strip().removesuffix(".0")
+        if name.isdigit():
+            labels[name] = birads_label(birads, path)
+    return labels
+
+
+class INbreastDataModule(FileDataModule):
+    LAYOUT = LAYOUT
+
+    def __init__(self, fold: int = 0, seed: int = 42, **kwargs) -> None:
+        super().__init__(task="binary", **kwargs)
+        if fold not in range(FOLDS):
+            raise UserError(f"dataset.fold={fold} must be one of 0..{FOLDS - 1} (the test fold).")
+        self.fold, self.seed = fold, seed
+
+    def index(self, root: Path) -> dict[str, FileSplit]:
+        base = find_base(root)
+        dicom_dir = require_file(base / "AllDICOMs", LAYOUT)
+        labels = read_table(base)
+        with os.scandir(dicom_dir) as entries:
+            dicoms = {e.name.split("_")[0]: Path(e.path) for e in entries if e.name.lower().endswith(".dcm")}
+        names = sorted(labels)
+        check_matched([n for n in names if n not in dicoms], base / "INbreast.csv", dicom_dir)
+        patients = [dicoms[n].name.split("_")[1] for n in names]
+        folds = patient_folds(patients, [labels[n] for n in names], FOLDS, self.seed)
+        val_fold = (self.fold + 1) % FOLDS
+        roles = {
+            "train": (folds != self.fold) & (folds != val_fold),
+            "val": folds == val_fold,
+            "test": folds == self.fold,
+        }
+        return {
+            split: FileSplit(
+                [dicoms[n] for n, m in zip(names, mask, strict=True) if m],
+                torch.as_tensor(
+                    [labels[n] for n, m in zip(names, mask, strict=True) if m], dtype=torch.int64
+                ),
+                [p for p, m in zip(patients, mask, strict=True) if m],
+            )
+            for split, mask in roles.items()
+        }

@@ -1,0 +1,160 @@
+"""NIH ChestX-ray14: 112,120 frontal radiographs, 14 text-mined findings, multilabel.
+
+Expected layout under ``dataset.root`` (NIH Box release or the Kaggle mirror):
+
+    <root>/Data_Entry_2017.csv  (or Data_Entry_2017_v2020.csv, preferred when both are present)
+    <root>/train_val_list.txt  <root>/test_list.txt
+    <root>/images/*.png  or  <root>/images_001/images/*.png ... images_012/images/*.png
+
+Official split: ``test_list.txt`` is the test set; validation is carved from ``train_val_list.txt`` by
+**patient** (seeded; ``val_fraction`` 1/8 as MeLo's 7:1 train/val), so no patient is in two splits.
+Labels: ``Finding Labels`` split on ``|`` into the 14 findings in MeLo / MED-PEFT / ChestMNIST order;
+``No Finding`` is all zeros.
+
+``dataset.split_dir=PATH`` reads MED-PEFT's lists instead (``DatasetsSplits/NIH_ChestX-ray/``:
+``train_list.txt`` / ``train_10.txt`` / ``train_1.txt`` chosen by ``split_train``, ``val_list.txt``,
+``test_list.txt``; each line ``<png name> <14 labels 0/1>``). That split is not the official one (its sizes,
+78,468 / 11,219 / 22,433, are ChestMNIST's); labels come from the lists, images from the folders above.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from src.data.files import FileDataModule, FileSplit, check_matched, medpeft_lists, require_file
+from src.data.groups import patient_holdout
+from src.errors import UserError
+
+FINDINGS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+LABEL_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+LAYOUT = (
+    "<root>/Data_Entry_2017.csv (or Data_Entry_2017_v2020.csv), <root>/train_val_list.txt, "
+    "<root>/test_list.txt and the PNGs in <root>/images/ or <root>/images_0XX/images/"
+)
+
+
+def find_images(root: Path) -> dict[str, Path]:
+    """File name -> path of every PNG in the Box layout (``images/``) or the Kaggle one (``images_0XX/images/``)."""
+    found: dict[str, Path] = {}
+    for folder in [root / "images", *sorted(root.glob("images_*/images"))]:
+        if folder.is_dir():
+            with os.scandir(folder) as entries:
+                found.update({e.name: Path(e.path) for e in entries if e.name.endswith(".png")})
+    if not found:
+        raise UserError(f"dataset.root={root} holds no NIH ChestX-ray14 PNGs. Expected layout: {LAYOUT}.")
+    return found
+
+
+def read_list(path: Path) -> list[str]:
+    return [line.strip() for line in require_file(path, LAYOUT).read_text().splitlines() if line.strip()]
+
+
+def multi_hot(finding_labels: str, source: Path) -> list[float]:
+    names = [] if finding_labels == "No Finding" else finding_labels.split("|")
+    unknown = [n for n in names if n not in FINDINGS]
+    if unknown:
+        raise UserError(f"{source}: unknown finding(s) {unknown}; the 14 NIH findings are {list(FINDINGS)}.")
+    return [float(f in names) for f in FINDINGS]
+
+
+def patient_of(name: str) -> str:
+    return name.split("_", 1)[0]  # <8-digit patient>_<3-digit follow-up>.png
+
+
+class NIHChestXray14DataModule(FileDataModule):
+    LAYOUT = LAYOUT
+
+    def __init__(
+        self,
+        seed: int = 42,
+        val_fraction: float = 0.125,
+        split_dir: str | None = None,
+        split_train: str = "train_list",
+        **kwargs,
+    ) -> None:
+        super().__init__(task="multilabel", class_names=FINDINGS, **kwargs)
+        if not 0 < val_fraction < 1:
+            raise UserError(f"dataset.val_fraction={val_fraction} must lie in (0, 1).")
+        self.seed, self.val_fraction = seed, val_fraction
+        self.split_dir, self.split_train = split_dir, split_train
+
+    def index(self, root: Path) -> dict[str, FileSplit]:
+        images = find_images(root)
+        if self.split_dir is not None:
+            return self.index_split_lists(Path(self.split_dir).expanduser(), images, root)
+        label_file = next((root / f for f in LABEL_FILES if (root / f).exists()), root / LABEL_FILES[-1])
+        try:
+            # index_col=False: the v2020 rows end with a comma the header may lack, which would shift columns.
+            table = pd.read_csv(
+                require_file(label_file, LAYOUT),
+                usecols=["Image Index", "Finding Labels", "Patient ID"],
+                index_col=False,
+                dtype=str,
+            )
+        except ValueError as err:
+            raise UserError(
+                f"{label_file} lacks the NIH columns: {err}. Expected layout: {LAYOUT}."
+            ) from None
+        rows = {
+            name: (multi_hot(labels, label_file), patient)
+            for name, labels, patient in zip(
+                table["Image Index"], table["Finding Labels"], table["Patient ID"], strict=True
+            )
+        }
+        train_val = read_list(root / "train_val_list.txt")
+        test = read_list(root / "test_list.txt")
+        for listed, list_file in ((train_val, "train_val_list.txt"), (test, "test_list.txt")):
+            check_matched([n for n in listed if n not in rows], root / list_file, label_file)
+            check_matched([n for n in listed if n not in images], root / list_file, root)
+        held = patient_holdout([rows[n][1] for n in train_val], self.val_fraction, self.seed)
+        names = {
+            "train": [n for n, h in zip(train_val, held, strict=True) if not h],
+            "val": [n for n, h in zip(train_val, held, strict=True) if h],
+            "test": test,
+        }
+        return {
+            split: FileSplit(
+                [images[n] for n in ns],
+                torch.as_tensor([rows[n][0] for n in ns], dtype=torch.float32),
+                [rows[n][1] for n in ns],
+            )
+            for split, ns in names.items()
+        }
+
+    def index_split_lists(self, split_dir: Path, images: dict[str, Path], root: Path) -> dict[str, FileSplit]:
+        """MED-PEFT's lists: ``<png name> <14 labels>`` per line (the last line lacks its newline)."""
+        out = {}
+        for split, (path, rows) in medpeft_lists(split_dir, self.split_train, "NIH_ChestX-ray").items():
+            bad = next((r for r in rows if len(r) != 1 + len(FINDINGS) or set(r[1:]) - {"0", "1"}), None)
+            if bad is not None:
+                raise UserError(
+                    f"{path}: every line should read '<png name> <14 labels 0/1>', got {' '.join(bad)!r}."
+                )
+            names = [Path(r[0]).name for r in rows]
+            check_matched([n for n in names if n not in images], path, root)
+            out[split] = FileSplit(
+                [images[n] for n in names],
+                torch.as_tensor(np.asarray([r[1:] for r in rows], dtype=np.float32)),
+                [patient_of(n) for n in names],
+            )
+        return out
