@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from src.data.files import FileDataModule, FileSplit, check_matched
-from src.data.groups import patient_holdout
+from src.data.files import FileDataModule, FileSplit, check_labels_match
+from src.data.splits import label_fraction_indices
 from src.errors import UserError
 
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
@@ -67,9 +67,7 @@ class CheXpertDataModule(FileDataModule):
         self.seed, self.val_fraction = seed, val_fraction
 
     def read(self, base: Path, csv_name: str) -> FileSplit:
-        path = base / csv_name
-        if not path.exists():
-            raise UserError(f"{path} is missing. Expected layout: {LAYOUT}.")
+        path = self.require(base / csv_name, "label file")
         try:
             table = pd.read_csv(path, usecols=["Path", "Frontal/Lateral", *FINDINGS])
         except ValueError as err:
@@ -78,7 +76,8 @@ class CheXpertDataModule(FileDataModule):
             table = table[table["Frontal/Lateral"] == "Frontal"]
         # Path starts with the release folder (CheXpert-v1.0-small/...), relative to the folder above it.
         relative = [Path(*Path(p).parts[1:]) for p in table["Path"]]
-        check_matched([str(r) for r in relative if not os.path.exists(base / r)], path, base)
+        missing = [str(r) for r in relative if not os.path.exists(base / r)]
+        check_labels_match(missing, (), path, base)
         values = table[list(FINDINGS)].to_numpy(dtype=np.float32)
         values = np.where(np.isnan(values), 0.0, values)  # blank = not mentioned = negative
         values = np.where(values == -1.0, UNCERTAIN[self.uncertainty], values)
@@ -89,12 +88,10 @@ class CheXpertDataModule(FileDataModule):
     def index(self, root: Path) -> dict[str, FileSplit]:
         base = find_base(root)
         train, test = self.read(base, "train.csv"), self.read(base, "valid.csv")
-        held = torch.from_numpy(patient_holdout(train.groups, self.val_fraction, self.seed))
-
-        def part(mask: torch.Tensor) -> FileSplit:
-            keep = mask.nonzero().flatten().tolist()
-            return FileSplit(
-                [train.paths[i] for i in keep], train.targets[keep], [train.groups[i] for i in keep]
-            )
-
-        return {"train": part(~held), "val": part(held), "test": test}
+        # Validation: a stratified, seeded share of training patients, each patient whole.
+        held = set(label_fraction_indices(train.targets.numpy(), self.val_fraction, self.seed, train.groups))
+        return {
+            "train": train.subset([i for i in range(len(train)) if i not in held]),
+            "val": train.subset(sorted(held)),
+            "test": test,
+        }

@@ -1,23 +1,28 @@
 """Datasets whose splits are image files on disk: the machinery every official layout shares.
 
 A dataset module only says how to read its layout (:meth:`FileDataModule.index`: file lists, labels and
-patient ids per split, no pixels). This base checks the root, applies ``label_fraction`` to the training
-split and builds the datasets that decode the images.
+patient ids per split, no pixels). This base checks the root, applies ``dataset.label_fraction`` to the
+training split, builds the datasets that decode the images and reports what was used.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor
 
-from src.data.base import ClassificationDataModule
+from src.atomic import atomic_write
+from src.data.base import SPLITS, ClassificationDataModule
 from src.data.image_files import ImageFileDataset
+from src.data.splits import label_fraction_indices
 from src.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,21 +38,88 @@ class FileSplit:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def subset(self, indices: Collection[int]) -> FileSplit:
+        """The items at ``indices``, in that order."""
+        idx = list(indices)
+        return FileSplit(
+            [self.paths[i] for i in idx],
+            self.targets[idx],
+            None if self.groups is None else [self.groups[i] for i in idx],
+        )
+
+
+def check_labels_match(
+    labelled: Collection[str],
+    on_disk: Collection[str],
+    label_source: str | Path,
+    image_dir: str | Path,
+    *,
+    allow_unlabelled_files: bool = True,
+    allow_missing_files: bool = False,
+    show: int = 5,
+) -> None:
+    """Raise a :class:`UserError` listing the first names labelled in ``label_source`` without a file in
+    ``image_dir`` (unless ``allow_missing_files``) and, unless ``allow_unlabelled_files``, the first files
+    without a label. Names are whatever key the layout uses (file names, relative paths, patient ids)."""
+    labelled_set, disk_set = set(labelled), set(on_disk)
+    problems = []
+    missing = [] if allow_missing_files else sorted(labelled_set - disk_set)
+    if missing:
+        problems.append(
+            f"{len(missing)} labelled in {label_source} have no file in {image_dir} "
+            f"(first: {', '.join(missing[:show])})"
+        )
+    unlabelled = [] if allow_unlabelled_files else sorted(disk_set - labelled_set)
+    if unlabelled:
+        problems.append(
+            f"{len(unlabelled)} files in {image_dir} have no label in {label_source} "
+            f"(first: {', '.join(unlabelled[:show])})"
+        )
+    if problems:
+        raise UserError(
+            "labels and files do not match: "
+            + "; ".join(problems)
+            + ". Check dataset.root and that the label file belongs to these images."
+        )
+
 
 class FileDataModule(ClassificationDataModule):
-    """Subclasses set :attr:`LAYOUT` (shown in every error about the root) and implement :meth:`index`."""
+    """Subclasses set :attr:`LAYOUT` (shown in every error about the root) and implement :meth:`index`.
+
+    ``label_fraction`` in (0, 1] keeps a seeded (``label_fraction_seed``), stratified, patient-grouped
+    subset of the training split only (MED-PEFT's 1 / 10 / 100 % protocol); val and test stay whole.
+    """
 
     LAYOUT: ClassVar[str] = ""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, label_fraction: float = 1.0, label_fraction_seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
+        if isinstance(label_fraction, bool) or not isinstance(label_fraction, (int, float)):
+            label_fraction = float("nan")
+        if not 0 < label_fraction <= 1:
+            raise UserError(
+                f"dataset.label_fraction={label_fraction} must be in (0, 1]: the share of the training split "
+                "to train on, e.g. dataset.label_fraction=0.01 for 1 %, 1.0 for all of it."
+            )
+        self.label_fraction, self.label_fraction_seed = float(label_fraction), label_fraction_seed
         self.splits: dict[str, FileSplit] = {}
+        self.full_train_size = 0
 
     @abstractmethod
     def index(self, root: Path) -> dict[str, FileSplit]:
         """Read the layout and label files under ``root`` (never the pixels) into train / val / test."""
 
+    def require(self, path: Path, what: str = "file") -> Path:
+        """``path`` if it exists, else a :class:`UserError` naming it and the expected layout."""
+        if not path.exists():
+            raise UserError(
+                f"{what} {path} not found under dataset.root={self.root}. Expected layout: {self.LAYOUT}."
+            )
+        return path
+
     def check(self) -> None:
+        if self.splits:
+            return
         if self.root is None:
             raise UserError(f"dataset.root is not set. Expected layout: {self.LAYOUT}.")
         root = Path(self.root).expanduser()
@@ -56,44 +128,51 @@ class FileDataModule(ClassificationDataModule):
                 f"dataset.root={root} does not exist. Expected layout: {self.LAYOUT}. "
                 f"Pass dataset.root=/path/to/{self.name}."
             )
-        self.splits = self.index(root)
+        splits = self.index(root)
+        empty = [s for s in SPLITS if not len(splits.get(s, ()))]
+        if empty:
+            raise UserError(
+                f"dataset.root={root} gives no images for the {', '.join(empty)} split(s). "
+                f"Expected layout: {self.LAYOUT}."
+            )
+        train = splits["train"]
+        self.full_train_size = len(train)
+        if self.label_fraction < 1:
+            keep = label_fraction_indices(
+                train.targets.numpy(), self.label_fraction, self.label_fraction_seed, train.groups
+            )
+            splits["train"] = train.subset(keep)
+            log.info(
+                "dataset.label_fraction=%g: training on %d of %d images",
+                self.label_fraction,
+                len(keep),
+                len(train),
+            )
+        self.splits = splits
 
     def build_split(self, split: str) -> ImageFileDataset:
-        if not self.splits:
-            self.check()
+        self.check()
         part = self.splits[split]
         return ImageFileDataset(
             part.paths, part.targets, self.image_size, self.normalize, self.hflip and split == "train"
         )
 
-
-def require_file(path: Path, layout: str) -> Path:
-    """``path`` itself, or a UserError naming it and showing the layout it belongs to."""
-    if not path.exists():
-        raise UserError(f"{path} is missing. Expected layout: {layout}. Check dataset.root.")
-    return path
-
-
-def check_matched(unmatched: Sequence[str], labels: Path | str, images: Path | str, limit: int = 5) -> None:
-    """Label entries without an image are an error listing the first few, never silently dropped."""
-    if unmatched:
-        raise UserError(
-            f"{len(unmatched)} entries of {labels} have no image under {images} (first: "
-            f"{', '.join(map(str, unmatched[:limit]))}). Complete the download or point dataset.root at it."
-        )
+    def report(self, out: Path) -> tuple[dict[str, Any], list[Path]]:
+        """Split sizes for metrics.json; ``train_files.txt`` (the training images used, relative to the
+        root) in the run dir."""
+        self.check()
+        root = Path(self.root).expanduser()
+        listing = out / "train_files.txt"
+        with atomic_write(listing) as tmp:
+            tmp.write_text("".join(f"{relative_to(p, root)}\n" for p in self.splits["train"].paths))
+        entries: dict[str, Any] = {f"data/{s}_size": len(self.splits[s]) for s in SPLITS}
+        entries |= {"data/train_size_full": self.full_train_size, "data/label_fraction": self.label_fraction}
+        return entries, [listing]
 
 
-def medpeft_lists(split_dir: Path, split_train: str, folder: str) -> dict[str, tuple[Path, list[list[str]]]]:
-    """MED-PEFT's split lists (``DatasetsSplits/<folder>``): the whitespace-split lines of ``<split_train>.txt``
-    (train_list, or its 10 % / 1 % subsets train_10 / train_1), ``val_list.txt`` and ``test_list.txt``."""
-    out = {}
-    for split, stem in (("train", split_train), ("val", "val_list"), ("test", "test_list")):
-        path = split_dir / f"{stem}.txt"
-        if not path.exists():
-            raise UserError(
-                f"{path} is missing: dataset.split_dir must be MED-PEFT's DatasetsSplits/{folder} folder "
-                "(train_list.txt, val_list.txt, test_list.txt; dataset.split_train picks train_list, "
-                "train_10 or train_1)."
-            )
-        out[split] = (path, [line.split() for line in path.read_text().splitlines() if line.strip()])
-    return out
+def relative_to(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` where it lies under it, else as given."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)

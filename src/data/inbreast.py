@@ -19,11 +19,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from src.data.files import FileDataModule, FileSplit, check_matched, require_file
-from src.data.groups import patient_folds
+from src.data.files import FileDataModule, FileSplit, check_labels_match
+from src.data.splits import iterative_stratification
 from src.errors import UserError
 
 FOLDS = 5
@@ -46,26 +47,17 @@ def birads_label(value: str, source: Path) -> int:
     return int(first >= "4")
 
 
-def read_table(base: Path) -> dict[str, int]:
-    """File Name -> label; rows without a numeric File Name (an exported sheet's totals footer) are skipped."""
-    path = base / "INbreast.csv"
-    if not path.exists() and (base / "INbreast.xls").exists():
-        raise UserError(
-            f"{base / 'INbreast.xls'} found but no INbreast.csv: medpeft reads the CSV (reading .xls would need "
-            f"xlrd). Open the .xls, save Sheet1 as CSV to {path} (or copy the release's INbreast.csv there)."
-        )
-    require_file(path, LAYOUT)
-    sep = ";" if ";" in path.read_text(errors="replace").split("\n", 1)[0] else ","
-    table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    table.columns = [c.strip() for c in table.columns]
-    if not {"File Name", "Bi-Rads"} <= set(table.columns):
-        raise UserError(f"{path} lacks the columns 'File Name' and 'Bi-Rads' (has {list(table.columns)}).")
-    labels = {}
-    for name, birads in zip(table["File Name"], table["Bi-Rads"], strict=True):
-        name = name.strip().removesuffix(".0")
-        if name.isdigit():
-            labels[name] = birads_label(birads, path)
-    return labels
+def patient_folds(patients: list[str], labels: list[int], seed: int) -> np.ndarray:
+    """Fold (0..4) of every image: whole patients, seeded, stratified on the patients' labels (iterative
+    stratification over patients, as ``label_fraction`` uses) so that folds are balanced in size and label."""
+    uniq, unit = np.unique(np.asarray(patients), return_inverse=True)
+    if len(uniq) < FOLDS:
+        raise UserError(f"{FOLDS} folds need at least {FOLDS} patients; the INbreast files hold {len(uniq)}.")
+    per_patient = np.zeros((len(uniq), 2))
+    np.add.at(per_patient, unit, np.eye(2)[np.asarray(labels)])
+    weights = np.bincount(unit).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    return iterative_stratification(per_patient, weights, [1 / FOLDS] * FOLDS, rng)[unit]
 
 
 class INbreastDataModule(FileDataModule):
@@ -77,29 +69,44 @@ class INbreastDataModule(FileDataModule):
             raise UserError(f"dataset.fold={fold} must be one of 0..{FOLDS - 1} (the test fold).")
         self.fold, self.seed = fold, seed
 
+    def read_table(self, base: Path) -> dict[str, int]:
+        """File Name -> label; rows without a numeric File Name (an exported sheet's totals footer) are skipped."""
+        path = base / "INbreast.csv"
+        if not path.exists() and (base / "INbreast.xls").exists():
+            raise UserError(
+                f"{base / 'INbreast.xls'} found but no INbreast.csv: medpeft reads the CSV (reading .xls would need "
+                f"xlrd). Open the .xls, save Sheet1 as CSV to {path} (or copy the release's INbreast.csv there)."
+            )
+        self.require(path, "label table")
+        sep = ";" if ";" in path.read_text(errors="replace").split("\n", 1)[0] else ","
+        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        table.columns = [c.strip() for c in table.columns]
+        if not {"File Name", "Bi-Rads"} <= set(table.columns):
+            raise UserError(
+                f"{path} lacks the columns 'File Name' and 'Bi-Rads' (has {list(table.columns)})."
+            )
+        labels = {}
+        for name, birads in zip(table["File Name"], table["Bi-Rads"], strict=True):
+            name = name.strip().removesuffix(".0")
+            if name.isdigit():
+                labels[name] = birads_label(birads, path)
+        return labels
+
     def index(self, root: Path) -> dict[str, FileSplit]:
         base = find_base(root)
-        dicom_dir = require_file(base / "AllDICOMs", LAYOUT)
-        labels = read_table(base)
+        dicom_dir = self.require(base / "AllDICOMs", "DICOM folder")
+        labels = self.read_table(base)
         with os.scandir(dicom_dir) as entries:
             dicoms = {e.name.split("_")[0]: Path(e.path) for e in entries if e.name.lower().endswith(".dcm")}
         names = sorted(labels)
-        check_matched([n for n in names if n not in dicoms], base / "INbreast.csv", dicom_dir)
+        check_labels_match(names, dicoms, base / "INbreast.csv", dicom_dir)
         patients = [dicoms[n].name.split("_")[1] for n in names]
-        folds = patient_folds(patients, [labels[n] for n in names], FOLDS, self.seed)
+        targets = [labels[n] for n in names]
+        every = FileSplit([dicoms[n] for n in names], torch.as_tensor(targets, dtype=torch.int64), patients)
+        folds = patient_folds(patients, targets, self.seed)
         val_fold = (self.fold + 1) % FOLDS
-        roles = {
-            "train": (folds != self.fold) & (folds != val_fold),
-            "val": folds == val_fold,
-            "test": folds == self.fold,
-        }
         return {
-            split: FileSplit(
-                [dicoms[n] for n, m in zip(names, mask, strict=True) if m],
-                torch.as_tensor(
-                    [labels[n] for n, m in zip(names, mask, strict=True) if m], dtype=torch.int64
-                ),
-                [p for p, m in zip(patients, mask, strict=True) if m],
-            )
-            for split, mask in roles.items()
+            "train": every.subset(np.flatnonzero((folds != self.fold) & (folds != val_fold))),
+            "val": every.subset(np.flatnonzero(folds == val_fold)),
+            "test": every.subset(np.flatnonzero(folds == self.fold)),
         }

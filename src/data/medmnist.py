@@ -13,14 +13,17 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from src.atomic import atomic_write
 from src.data.arrays import ArrayDataset
 from src.data.base import SPLITS, ClassificationDataModule, Normalize
+from src.data.splits import label_fraction_indices
 from src.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -152,10 +155,18 @@ class ResizeNormalize:
 
 
 class MedMNISTDataModule(ClassificationDataModule):
-    def __init__(self, name: str, **kwargs) -> None:
+    """``label_fraction`` keeps a seeded, stratified share of the training arrays (MED-PEFT's protocol)."""
+
+    def __init__(
+        self, name: str, label_fraction: float = 1.0, label_fraction_seed: int = 0, **kwargs
+    ) -> None:
         flag = parse_name(name)
         task, class_names = SUBSETS[flag]
         super().__init__(name=name, task=task, class_names=class_names, **kwargs)
+        if not 0 < label_fraction <= 1:
+            raise UserError(f"dataset.label_fraction={label_fraction} must be in (0, 1], e.g. 0.01 for 1 %.")
+        self.label_fraction, self.label_fraction_seed = label_fraction, label_fraction_seed
+        self.train_indices = np.zeros(0, dtype=np.int64)
         if flag in NO_HFLIP and self.hflip:
             log.info("%s labels left and right organs: horizontal flips are turned off.", flag)
             self.hflip = False
@@ -208,5 +219,19 @@ class MedMNISTDataModule(ClassificationDataModule):
         transform = ResizeNormalize(
             self.image_size, self.normalize.mean.flatten(), self.normalize.std.flatten()
         )
-        images = torch.from_numpy(self.arrays[f"{split}_images"])
-        return ArrayDataset(images, self.targets(split), transform, self.hflip and split == "train")
+        images, targets = torch.from_numpy(self.arrays[f"{split}_images"]), self.targets(split)
+        if split == "train":
+            self.train_indices = label_fraction_indices(
+                targets.numpy(), self.label_fraction, self.label_fraction_seed
+            )
+            keep = torch.from_numpy(self.train_indices)
+            images, targets = images[keep], targets[keep]
+        return ArrayDataset(images, targets, transform, self.hflip and split == "train")
+
+    def report(self, out: Path) -> tuple[dict[str, Any], list[Path]]:
+        """Split sizes for metrics.json; ``train_indices.txt`` (rows of ``train_images`` used) in the run dir."""
+        listing = out / "train_indices.txt"
+        with atomic_write(listing) as tmp:
+            tmp.write_text("".join(f"{i}\n" for i in self.train_indices))
+        entries: dict[str, Any] = {f"data/{s}_size": len(self.datasets[s]) for s in self.datasets}
+        return entries | {"data/label_fraction": self.label_fraction}, [listing]

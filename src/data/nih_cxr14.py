@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from src.data.files import FileDataModule, FileSplit, check_matched, medpeft_lists, require_file
-from src.data.groups import patient_holdout
+from src.data.files import FileDataModule, FileSplit, check_labels_match
+from src.data.medpeft_lists import medpeft_lists
+from src.data.splits import label_fraction_indices
 from src.errors import UserError
 
 FINDINGS = (
@@ -63,10 +64,6 @@ def find_images(root: Path) -> dict[str, Path]:
     if not found:
         raise UserError(f"dataset.root={root} holds no NIH ChestX-ray14 PNGs. Expected layout: {LAYOUT}.")
     return found
-
-
-def read_list(path: Path) -> list[str]:
-    return [line.strip() for line in require_file(path, LAYOUT).read_text().splitlines() if line.strip()]
 
 
 def multi_hot(finding_labels: str, source: Path) -> list[float]:
@@ -106,7 +103,7 @@ class NIHChestXray14DataModule(FileDataModule):
         try:
             # index_col=False: the v2020 rows end with a comma the header may lack, which would shift columns.
             table = pd.read_csv(
-                require_file(label_file, LAYOUT),
+                self.require(label_file, "label file"),
                 usecols=["Image Index", "Finding Labels", "Patient ID"],
                 index_col=False,
                 dtype=str,
@@ -121,15 +118,23 @@ class NIHChestXray14DataModule(FileDataModule):
                 table["Image Index"], table["Finding Labels"], table["Patient ID"], strict=True
             )
         }
-        train_val = read_list(root / "train_val_list.txt")
-        test = read_list(root / "test_list.txt")
+        train_val, test = (self.read_list(root / name) for name in ("train_val_list.txt", "test_list.txt"))
         for listed, list_file in ((train_val, "train_val_list.txt"), (test, "test_list.txt")):
-            check_matched([n for n in listed if n not in rows], root / list_file, label_file)
-            check_matched([n for n in listed if n not in images], root / list_file, root)
-        held = patient_holdout([rows[n][1] for n in train_val], self.val_fraction, self.seed)
+            unlabelled = [n for n in listed if n not in rows]
+            if unlabelled:
+                raise UserError(
+                    f"{len(unlabelled)} images of {root / list_file} have no row in {label_file} (first: "
+                    f"{', '.join(unlabelled[:5])}). Use the label file and lists of the same release."
+                )
+            check_labels_match(listed, images, root / list_file, root)
+        # Validation: a stratified, seeded share of train_val patients, each patient whole.
+        targets = np.asarray([rows[n][0] for n in train_val], dtype=np.float32)
+        held = set(
+            label_fraction_indices(targets, self.val_fraction, self.seed, [rows[n][1] for n in train_val])
+        )
         names = {
-            "train": [n for n, h in zip(train_val, held, strict=True) if not h],
-            "val": [n for n, h in zip(train_val, held, strict=True) if h],
+            "train": [n for i, n in enumerate(train_val) if i not in held],
+            "val": [n for i, n in enumerate(train_val) if i in held],
             "test": test,
         }
         return {
@@ -141,6 +146,11 @@ class NIHChestXray14DataModule(FileDataModule):
             for split, ns in names.items()
         }
 
+    def read_list(self, path: Path) -> list[str]:
+        return [
+            line.strip() for line in self.require(path, "split list").read_text().splitlines() if line.strip()
+        ]
+
     def index_split_lists(self, split_dir: Path, images: dict[str, Path], root: Path) -> dict[str, FileSplit]:
         """MED-PEFT's lists: ``<png name> <14 labels>`` per line (the last line lacks its newline)."""
         out = {}
@@ -151,7 +161,7 @@ class NIHChestXray14DataModule(FileDataModule):
                     f"{path}: every line should read '<png name> <14 labels 0/1>', got {' '.join(bad)!r}."
                 )
             names = [Path(r[0]).name for r in rows]
-            check_matched([n for n in names if n not in images], path, root)
+            check_labels_match(names, images, path, root)
             out[split] = FileSplit(
                 [images[n] for n in names],
                 torch.as_tensor(np.asarray([r[1:] for r in rows], dtype=np.float32)),

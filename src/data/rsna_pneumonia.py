@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 
 from src.data.base import SPLITS
-from src.data.files import FileDataModule, FileSplit, check_matched, medpeft_lists, require_file
+from src.data.files import FileDataModule, FileSplit, check_labels_match
+from src.data.medpeft_lists import medpeft_lists
 from src.data.splits import stratified_split
 from src.errors import UserError
 
@@ -55,16 +56,16 @@ class RSNAPneumoniaDataModule(FileDataModule):
     def index(self, root: Path) -> dict[str, FileSplit]:
         if self.split_dir is not None:
             return self.index_split_lists(Path(self.split_dir).expanduser(), root)
-        label_file = require_file(root / LABELS, LAYOUT)
+        label_file = self.require(root / LABELS, "label file")
         try:
             table = pd.read_csv(label_file, usecols=["patientId", "Target"])
         except ValueError as err:
             raise UserError(f"{label_file} lacks the columns patientId, Target: {err}.") from None
         per_patient = table.groupby("patientId", sort=True)["Target"].max()
-        image_dir = require_file(root / IMAGES, LAYOUT)
+        image_dir = self.require(root / IMAGES, "image folder")
         with os.scandir(image_dir) as entries:
             found = {e.name.removesuffix(".dcm") for e in entries if e.name.endswith(".dcm")}
-        check_matched([p for p in per_patient.index if p not in found], label_file, image_dir)
+        check_labels_match(per_patient.index, found, label_file, image_dir)
         ids, labels = list(per_patient.index), per_patient.to_numpy().astype(int).tolist()
         parts = stratified_split(labels, medpeft_sizes(len(ids)), self.seed)
         return {
@@ -83,7 +84,7 @@ class RSNAPneumoniaDataModule(FileDataModule):
             bad = next((r for r in rows if len(r) != 2 or r[1] not in ("0", "1")), None)
             if bad is not None:
                 raise UserError(f"{path}: every line should read '<dcm path> <0|1>', got {' '.join(bad)!r}.")
-            check_matched([r[0] for r in rows if not (root / r[0]).exists()], path, root)
+            check_labels_match([r[0] for r in rows if not (root / r[0]).exists()], (), path, root)
             out[split] = FileSplit(
                 [root / r[0] for r in rows],
                 torch.as_tensor([int(r[1]) for r in rows], dtype=torch.int64),
