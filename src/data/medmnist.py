@@ -216,9 +216,7 @@ class MedMNISTDataModule(ClassificationDataModule):
     def build_split(self, split: str) -> ArrayDataset:
         if not self.arrays:
             self.check()
-        transform = ResizeNormalize(
-            self.image_size, self.normalize.mean.flatten(), self.normalize.std.flatten()
-        )
+        transform = ResizeNormalize(self.image_size, self.normalize)
         images, targets = torch.from_numpy(self.arrays[f"{split}_images"]), self.targets(split)
         if split == "train":
             self.train_indices = label_fraction_indices(
