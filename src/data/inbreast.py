@@ -64,7 +64,7 @@ class INbreastDataModule(FileDataModule):
     LAYOUT = LAYOUT
 
     def __init__(self, fold: int = 0, seed: int = 42, **kwargs) -> None:
-        super().__init__(task="binary", **kwargs)
+        super().__init__(task="binary", class_names=("benign", "suspicious"), **kwargs)  # BI-RADS 1-3 / 4-6
         if fold not in range(FOLDS):
             raise UserError(f"dataset.fold={fold} must be one of 0..{FOLDS - 1} (the test fold).")
         self.fold, self.seed = fold, seed

@@ -50,7 +50,7 @@ class RSNAPneumoniaDataModule(FileDataModule):
     def __init__(
         self, seed: int = 42, split_dir: str | None = None, split_train: str = "train_list", **kwargs
     ) -> None:
-        super().__init__(task="binary", **kwargs)
+        super().__init__(task="binary", class_names=("no_opacity", "lung_opacity"), **kwargs)
         self.seed, self.split_dir, self.split_train = seed, split_dir, split_train
 
     def index(self, root: Path) -> dict[str, FileSplit]:
