@@ -220,3 +220,17 @@ def test_missing_files_name_the_path_and_layout(tmp_path: Path, dataset: str, sh
     cfg = compose_train([f"dataset={dataset}", f"dataset.root={tmp_path / 'empty'}"], tmp_path)
     with pytest.raises(UserError, match=rf"{tmp_path / 'empty'}.*Expected layout: .*{shown}"):
         instantiate(cfg.dataset).check()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("dataset=medmnist dataset.name=foomnist", r"dataset.name='foomnist' is not a 2D MedMNIST subset"),
+        ("dataset=inbreast dataset.fold=7", r"dataset.fold=7 must be one of 0..4"),
+        ("dataset=chexpert dataset.uncertainty=u_half", r"dataset.uncertainty='u_half' is unknown"),
+    ],
+)
+def test_bad_dataset_options_are_user_errors(tmp_path: Path, override: str, message: str) -> None:
+    """Raised in the constructor, they reach the entry point as UserError, not Hydra's wrapper."""
+    with pytest.raises(UserError, match=message):
+        train(compose_train([*override.split(), "logger=none"], tmp_path))
