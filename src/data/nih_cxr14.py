@@ -55,23 +55,24 @@ LAYOUT = (
 
 
 def find_images(root: Path) -> dict[str, Path]:
-    """File name -> path of every PNG in the Box layout (``images/``) or the Kaggle one (``images_0XX/images/``)."""
+    """File name -> folder of every PNG in the Box layout (``images/``) or the Kaggle one (``images_0XX/images/``)."""
     found: dict[str, Path] = {}
     for folder in [root / "images", *sorted(root.glob("images_*/images"))]:
         if folder.is_dir():
             with os.scandir(folder) as entries:
-                found.update({e.name: Path(e.path) for e in entries if e.name.endswith(".png")})
+                found.update((e.name, folder) for e in entries if e.name.endswith(".png"))
     if not found:
         raise UserError(f"dataset.root={root} holds no NIH ChestX-ray14 PNGs. Expected layout: {LAYOUT}.")
     return found
 
 
-def multi_hot(finding_labels: str, source: Path) -> list[float]:
-    names = [] if finding_labels == "No Finding" else finding_labels.split("|")
-    unknown = [n for n in names if n not in FINDINGS]
+def multi_hot(finding_labels: pd.Series, source: Path) -> np.ndarray:
+    """(N, 14) float32 from ``Finding Labels`` (``A|B``; ``No Finding`` is all zeros)."""
+    dummies = finding_labels.str.get_dummies(sep="|")
+    unknown = sorted(set(dummies.columns) - {*FINDINGS, "No Finding"})
     if unknown:
         raise UserError(f"{source}: unknown finding(s) {unknown}; the 14 NIH findings are {list(FINDINGS)}.")
-    return [float(f in names) for f in FINDINGS]
+    return dummies.reindex(columns=list(FINDINGS), fill_value=0).to_numpy(dtype=np.float32)
 
 
 def patient_of(name: str) -> str:
@@ -112,15 +113,12 @@ class NIHChestXray14DataModule(FileDataModule):
             raise UserError(
                 f"{label_file} lacks the NIH columns: {err}. Expected layout: {LAYOUT}."
             ) from None
-        rows = {
-            name: (multi_hot(labels, label_file), patient)
-            for name, labels, patient in zip(
-                table["Image Index"], table["Finding Labels"], table["Patient ID"], strict=True
-            )
-        }
+        labels = multi_hot(table["Finding Labels"], label_file)
+        patients = table["Patient ID"].tolist()
+        row_of = {name: i for i, name in enumerate(table["Image Index"])}
         train_val, test = (self.read_list(root / name) for name in ("train_val_list.txt", "test_list.txt"))
         for listed, list_file in ((train_val, "train_val_list.txt"), (test, "test_list.txt")):
-            unlabelled = [n for n in listed if n not in rows]
+            unlabelled = [n for n in listed if n not in row_of]
             if unlabelled:
                 raise UserError(
                     f"{len(unlabelled)} images of {root / list_file} have no row in {label_file} (first: "
@@ -128,23 +126,19 @@ class NIHChestXray14DataModule(FileDataModule):
                 )
             check_labels_match(listed, images, root / list_file, root)
         # Validation: a stratified, seeded share of train_val patients, each patient whole.
-        targets = np.asarray([rows[n][0] for n in train_val], dtype=np.float32)
-        held = set(
-            label_fraction_indices(targets, self.val_fraction, self.seed, [rows[n][1] for n in train_val])
-        )
-        names = {
-            "train": [n for i, n in enumerate(train_val) if i not in held],
-            "val": [n for i, n in enumerate(train_val) if i in held],
-            "test": test,
-        }
-        return {
-            split: FileSplit(
-                [images[n] for n in ns],
-                torch.as_tensor([rows[n][0] for n in ns], dtype=torch.float32),
-                [rows[n][1] for n in ns],
+        rows = np.asarray([row_of[n] for n in train_val], dtype=np.int64)
+        held = np.zeros(len(rows), dtype=bool)
+        held[
+            label_fraction_indices(labels[rows], self.val_fraction, self.seed, [patients[r] for r in rows])
+        ] = True
+        names = {"train": np.asarray(train_val)[~held], "val": np.asarray(train_val)[held], "test": test}
+        out = {}
+        for split, listed in names.items():
+            idx = [row_of[n] for n in listed]
+            out[split] = FileSplit(
+                [images[n] / n for n in listed], torch.from_numpy(labels[idx]), [patients[i] for i in idx]
             )
-            for split, ns in names.items()
-        }
+        return out
 
     def read_list(self, path: Path) -> list[str]:
         return [
@@ -163,7 +157,7 @@ class NIHChestXray14DataModule(FileDataModule):
             names = [Path(r[0]).name for r in rows]
             check_labels_match(names, images, path, root)
             out[split] = FileSplit(
-                [images[n] for n in names],
+                [images[n] / n for n in names],
                 torch.as_tensor(np.asarray([r[1:] for r in rows], dtype=np.float32)),
                 [patient_of(n) for n in names],
             )
