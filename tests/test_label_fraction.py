@@ -1,4 +1,4 @@
-"""Label fractions: sizes, stratification, patient grouping, determinism, and what a run records."""
+"""Label fractions: sizes, stratification, patient grouping, determinism; what a run records (split sizes,\nthe training files, images skipped with dataset.on_bad_image=skip)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from src.errors import UserError
 from src.train import train
 from tests.conftest import compose_train
 from tests.test_data import COMMON, make_shenzhen
+from tests.test_data_user import FDR
 
 
 def test_single_label_exact_size_and_class_proportions() -> None:
@@ -49,21 +50,25 @@ def test_label_fraction_is_validated(tmp_path: Path) -> None:
             ShenzhenCXRDataModule(label_fraction=bad, class_names=["n", "tb"], **COMMON)
 
 
-def test_run_trains_on_the_fraction_and_records_its_files(tmp_path: Path) -> None:
+def test_run_records_the_fraction_files_sizes_and_skipped_images(tmp_path: Path) -> None:
     root = make_shenzhen(tmp_path / "sz", n=40)
+    dm = ShenzhenCXRDataModule(class_names=["n", "tb"], **{**COMMON, "root": str(root)})
+    dm.check()
+    bad = dm.splits["val"].paths[0]
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     overrides = [
         "dataset=sz_cxr",
         f"dataset.root={root}",
         "dataset.label_fraction=0.25",
-        "dataset.num_workers=0",
-        "debug=fdr",
-        "logger=none",
+        "dataset.on_bad_image=skip",
+        *FDR,
     ]
     metrics = train(compose_train(overrides, tmp_path))
     assert (metrics["data/train_size"], metrics["data/train_size_full"]) == (8, 32)
-    assert (metrics["data/val_size"], metrics["data/test_size"]) == (4, 4)
+    assert (metrics["data/val_size"], metrics["data/test_size"], metrics["data/bad_images"]) == (3, 4, 1)
     run = tmp_path / "run"
     listed = (run / "train_files.txt").read_text().split()
     assert len(listed) == 8 and all(name.startswith("CXR_png/CHNCXR_") for name in listed)
     assert sorted(int(name[-5]) for name in listed) == [0] * 4 + [1] * 4  # stratified
+    assert (run / "skipped_images.txt").read_text().startswith(f"CXR_png/{bad.name}\t")
     assert json.loads((run / "metrics.json").read_text())["data/label_fraction"] == 0.25

@@ -58,14 +58,19 @@ def label_matrix(targets: np.ndarray | Sequence) -> np.ndarray:
     return np.concatenate([y, ~y.any(axis=1, keepdims=True)], axis=1).astype(np.float64)
 
 
-def _units(n: int, groups: Sequence | None) -> tuple[np.ndarray, int]:
-    """Unit id of each item (its patient, else itself) and the number of units."""
+def _unit_labels(y: np.ndarray, groups: Sequence | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit of each item (its patient, else itself), label counts per unit, items per unit."""
     if groups is None:
-        return np.arange(n), n
-    if len(groups) != n:
-        raise ValueError(f"{len(groups)} groups for {n} items")
-    _, unit = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    return unit, int(unit.max()) + 1 if n else 0
+        unit = np.arange(len(y))
+    elif len(groups) != len(y):
+        raise ValueError(f"{len(groups)} groups for {len(y)} items")
+    else:
+        unit = np.unique(np.asarray(groups, dtype=str), return_inverse=True)[1]
+    n_units = int(unit.max()) + 1 if len(y) else 0
+    items = label_matrix(y)
+    labels = np.zeros((n_units, items.shape[1]))
+    np.add.at(labels, unit, items)
+    return unit, labels, np.bincount(unit, minlength=n_units).astype(np.float64)
 
 
 def iterative_stratification(
@@ -127,10 +132,7 @@ def label_fraction_indices(
     target = max(1, round(fraction * n))
     if y.ndim == 1 and groups is None:
         return stratified_split(y, (target, n - target), seed)[0]
-    unit, n_units = _units(n, groups)
-    labels = np.zeros((n_units, label_matrix(y).shape[1]))
-    np.add.at(labels, unit, label_matrix(y))
-    weights = np.bincount(unit, minlength=n_units).astype(np.float64)
+    unit, labels, weights = _unit_labels(y, groups)
     rng = np.random.default_rng(seed)
     chosen = iterative_stratification(labels, weights, (fraction, 1 - fraction), rng) == 0
     _resize_to(chosen, labels, weights, target, fraction)
@@ -157,3 +159,31 @@ def _resize_to(
         candidates = np.flatnonzero(pool)
         pick = candidates[np.argmax(score[candidates])]
         chosen[pick] = not leaving
+
+
+def fraction_sizes(n: int, fractions: Sequence[float]) -> tuple[int, ...]:
+    """``n`` items cut in ``fractions`` (largest remainder), each part non-empty when ``n`` allows."""
+    quota = np.asarray(fractions, dtype=np.float64) * n / sum(fractions)
+    sizes = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - sizes), kind="stable")[: n - sizes.sum()]:
+        sizes[i] += 1
+    for i in np.flatnonzero(sizes == 0):
+        donor = int(np.argmax(sizes))
+        if sizes[donor] > 1:
+            sizes[donor] -= 1
+            sizes[i] += 1
+    return tuple(int(s) for s in sizes)
+
+
+def split_by_fractions(
+    targets: np.ndarray | Sequence, fractions: Sequence[float], seed: int, groups: Sequence | None = None
+) -> list[np.ndarray]:
+    """Sorted indices of each part, seeded and stratified: exact sizes for single-label data without
+    groups, else iterative stratification over whole patients (see :func:`iterative_stratification`)."""
+    y = np.asarray(targets)
+    if y.ndim == 1 and groups is None:
+        return stratified_split(y, fraction_sizes(len(y), fractions), seed)
+    unit, labels, weights = _unit_labels(y, groups)
+    ratios = np.asarray(fractions, dtype=np.float64) / sum(fractions)
+    fold = iterative_stratification(labels, weights, ratios, np.random.default_rng(seed))[unit]
+    return [np.flatnonzero(fold == f).astype(np.int64) for f in range(len(ratios))]
