@@ -190,7 +190,7 @@ def tree_state(root: Path) -> list[tuple[str, int, int]]:
     ],
 )
 def test_official_layout_trains(tmp_path: Path, dataset: str, build, extra: list[str]) -> None:
-    root = build(tmp_path / "data")
+    root = build(tmp_path / "source")  # the cache goes to tmp_path/data
     before = tree_state(root)
     overrides = [
         f"dataset={dataset}",
