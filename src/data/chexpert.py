@@ -75,14 +75,14 @@ class CheXpertDataModule(FileDataModule):
         if self.frontal_only:
             table = table[table["Frontal/Lateral"] == "Frontal"]
         # Path starts with the release folder (CheXpert-v1.0-small/...), relative to the folder above it.
-        relative = [Path(*Path(p).parts[1:]) for p in table["Path"]]
-        missing = [str(r) for r in relative if not os.path.exists(base / r)]
+        relative = [p.split("/", 1)[1] if p.startswith("CheXpert-v1.0") else p for p in table["Path"]]
+        missing = [r for r in relative if not os.path.exists(os.path.join(base, r))]
         check_labels_match(missing, (), path, base)
         values = table[list(FINDINGS)].to_numpy(dtype=np.float32)
         values = np.where(np.isnan(values), 0.0, values)  # blank = not mentioned = negative
         values = np.where(values == -1.0, UNCERTAIN[self.uncertainty], values)
         return FileSplit(
-            [base / r for r in relative], torch.from_numpy(values), [r.parts[1] for r in relative]
+            [base / r for r in relative], torch.from_numpy(values), [r.split("/")[1] for r in relative]
         )
 
     def index(self, root: Path) -> dict[str, FileSplit]:

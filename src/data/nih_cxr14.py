@@ -131,7 +131,11 @@ class NIHChestXray14DataModule(FileDataModule):
         held[
             label_fraction_indices(labels[rows], self.val_fraction, self.seed, [patients[r] for r in rows])
         ] = True
-        names = {"train": np.asarray(train_val)[~held], "val": np.asarray(train_val)[held], "test": test}
+        names = {
+            "train": [n for n, h in zip(train_val, held, strict=True) if not h],
+            "val": [n for n, h in zip(train_val, held, strict=True) if h],
+            "test": test,
+        }
         out = {}
         for split, listed in names.items():
             idx = [row_of[n] for n in listed]
