@@ -120,6 +120,8 @@ def test_csv_single_label_classes_and_mistakes(tmp_path: Path) -> None:
         CSVDataModule(**{**COMMON, "root": str(tmp_path)}, csv="t.csv", label_columns=["diagnosis"]).check()
     with pytest.raises(UserError, match=r"label file \(dataset.csv\) .*nope\.csv not found"):
         CSVDataModule(**{**COMMON, "root": str(tmp_path)}, csv="nope.csv").check()
+    with pytest.raises(UserError, match=r"dataset\.csv is not set"):
+        CSVDataModule(**{**COMMON, "root": None}).check()
     table.write_text("path,a,b\nimg/0.png,1,maybe\n")
     with pytest.raises(UserError, match=r"column b, row img/0.png: 'maybe' is not 1 or 0"):
         CSVDataModule(**{**COMMON, "root": str(tmp_path)}, csv="t.csv", label_columns=["a", "b"]).check()

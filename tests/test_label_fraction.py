@@ -45,9 +45,13 @@ def test_multilabel_keeps_label_prevalence_and_patients_together() -> None:
 
 
 def test_label_fraction_is_validated(tmp_path: Path) -> None:
-    for bad in (0, 1.5, -0.1, "half"):
+    root = make_shenzhen(tmp_path / "sz", n=6)
+    for bad in (0, 1.5, -0.1, "half", True):
+        dm = ShenzhenCXRDataModule(
+            label_fraction=bad, class_names=["n", "tb"], **{**COMMON, "root": str(root)}
+        )
         with pytest.raises(UserError, match=r"dataset\.label_fraction"):
-            ShenzhenCXRDataModule(label_fraction=bad, class_names=["n", "tb"], **COMMON)
+            dm.check()
 
 
 def test_run_records_the_fraction_files_sizes_and_skipped_images(tmp_path: Path) -> None:
