@@ -121,3 +121,8 @@ def test_skip_leaves_bad_images_out(tmp_path: Path, cache: bool) -> None:
         ds = dm.datasets[split]
         assert bad not in ds.paths and ds.paths == dm.splits[split].paths
         assert all(torch.equal(ds.pixels(i), read_image(p, 32)) for i, p in enumerate(ds.paths))
+    if cache:  # the entry remembers its bad file: a later run with on_bad_image=error still stops on it
+        with pytest.raises(UserError, match=r"CHNCXR_0003_1\.png"):
+            shenzhen(root, tmp_path / "cache")
+    with pytest.raises(UserError, match=r"disappeared"):
+        entry_name([bad.with_name("gone.png")], "train", 32)

@@ -110,7 +110,10 @@ def complete_splits(
     pool = parts["train"]
     shares = [fractions[0], *(fractions[SPLITS.index(s)] for s in missing)]
     if len(pool) < len(shares):
-        raise UserError(f"{len(pool)} training images cannot be split into {', '.join(SPLITS)}.")
+        raise UserError(
+            f"{len(pool)} training images cannot be cut into train, {' and '.join(missing)}; add images "
+            "or provide the missing split."
+        )
     cut = split_by_fractions(pool.targets.numpy(), shares, seed, pool.groups)
     return {**parts, **{s: pool.subset(idx) for s, idx in zip(["train", *missing], cut, strict=True)}}
 
