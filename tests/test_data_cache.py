@@ -82,7 +82,7 @@ def test_two_jobs_building_the_same_entry_at_once_both_get_it(tmp_path: Path) ->
     # The job that finishes second finds the entry in place: it drops its own copy without an error.
     final = Path(got[0]).parent
     stamp = final.stat().st_mtime_ns
-    _build(paths, 32, final.parent, final, 0, False, "again")
+    _build(paths, 32, final, 0, False, "again")
     assert final.stat().st_mtime_ns == stamp and len(list(final.parent.iterdir())) == 1
     assert entry_name(paths, "train", 32)[1] == final.name
 
