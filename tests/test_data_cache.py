@@ -126,3 +126,12 @@ def test_skip_leaves_bad_images_out(tmp_path: Path, cache: bool) -> None:
             shenzhen(root, tmp_path / "cache")
     with pytest.raises(UserError, match=r"disappeared"):
         entry_name([bad.with_name("gone.png")], "train", 32)
+
+
+def test_a_split_with_no_readable_image_is_an_error(tmp_path: Path) -> None:
+    root = make_shenzhen(tmp_path / "sz", n=6)
+    for p in (root / "CXR_png").iterdir():
+        p.write_bytes(b"not a png")
+    dm = ShenzhenCXRDataModule(class_names=NAMES, **{**COMMON, "root": str(root)}, on_bad_image="skip")
+    with pytest.raises(UserError, match=r"every image of the train split is unreadable"):
+        dm.setup()
