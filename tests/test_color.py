@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
+from hydra.utils import instantiate
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -20,7 +22,7 @@ from src.errors import UserError
 from src.predict import build_bank, predict
 from src.train import train
 from tests.conftest import compose_train
-from tests.test_datasets_layouts import make_blood_cells
+from tests.test_datasets_layouts import make_blood_cells, make_medmnist
 from tests.test_predict import write_dicom
 
 RED, BLUE = (220, 20, 30), (10, 40, 200)
@@ -69,6 +71,31 @@ def test_gray_sources_and_dicoms_repeat_into_three_equal_channels(tmp_path: Path
     assert torch.equal(read_image(png, 32), read_grayscale(png, 32))
     with pytest.raises(UserError, match="colour mode 'cmyk' is unknown"):
         read_image(png, 32, "cmyk")
+
+
+def write_rgb_dicom(path: Path, pixels: np.ndarray) -> Path:
+    """An 8-bit RGB DICOM (interleaved samples), as slide scanners and endoscopes write them."""
+    ds = pydicom.dcmread(write_dicom(path, np.zeros(pixels.shape[:2])))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = pixels.astype(np.uint8).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def test_colour_dicom_keeps_its_colour(tmp_path: Path) -> None:
+    path = write_rgb_dicom(tmp_path / "slide.dcm", np.broadcast_to(np.array(RED), (40, 40, 3)))
+    assert_colour(read_image(path, 32, "rgb"), RED, tol=0)
+    assert torch.equal(read_image(path, 32), read_image(solid(tmp_path / "red.png", RED), 32))
+
+
+@pytest.mark.parametrize(("flag", "color"), [("bloodmnist", "rgb"), ("pneumoniamnist", "gray")])
+def test_medmnist_records_the_colour_of_its_arrays(tmp_path: Path, flag: str, color: str) -> None:
+    root = make_medmnist(tmp_path, flag).parent
+    cfg = compose_train(["dataset=medmnist", f"dataset.name={flag}", f"dataset.root={root}"], tmp_path)
+    dm = instantiate(cfg.dataset)
+    dm.check()
+    assert dm.color == color
 
 
 def folder_module(tmp_path: Path, color: str, cache: bool) -> ImageFolderDataModule:

@@ -25,14 +25,15 @@ def read_image(path: Path, size: int, color: str = "gray") -> Tensor:
     if color not in COLORS:
         raise UserError(f"colour mode {color!r} is unknown: use gray or rgb (dataset.color).")
     if Path(path).suffix.lower() in DICOM_SUFFIXES:
-        gray = read_dicom(path, size)
-        return gray.unsqueeze(-1).expand(-1, -1, 3).contiguous() if color == "rgb" else gray
+        return read_dicom(path, size, color)
     return read_pil(path, size, "RGB" if color == "rgb" else "L")
 
 
-def read_dicom(path: Path, size: int) -> Tensor:
+def read_dicom(path: Path, size: int, color: str = "gray") -> Tensor:
     """DICOM to display grayscale: rescale slope/intercept, the file's window (else its range),
-    MONOCHROME1 inverted so that dense tissue is bright as in MONOCHROME2."""
+    MONOCHROME1 inverted so that dense tissue is bright as in MONOCHROME2; with ``color="rgb"`` that
+    grayscale repeated into three channels. A colour DICOM (3 samples per pixel, e.g. slides or
+    endoscopy; pydicom converts YBR to RGB) is scaled by its bit depth and converted to ``color``."""
     import pydicom
 
     try:
@@ -40,6 +41,11 @@ def read_dicom(path: Path, size: int) -> Tensor:
         arr = ds.pixel_array.astype(np.float32)
     except Exception as err:  # pydicom raises many types for missing / undecodable pixel data
         raise UserError(f"cannot read DICOM pixels of {path}: {err}") from None
+    if int(getattr(ds, "SamplesPerPixel", 1)) == 3:
+        arr *= 255.0 / (2 ** int(getattr(ds, "BitsStored", 8)) - 1)
+        im = Image.fromarray(arr.round().clip(0, 255).astype(np.uint8), "RGB")
+        im = im.convert("RGB" if color == "rgb" else "L").resize((size, size), Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.array(im, dtype=np.uint8))
     arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
     center, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
     if center is not None and width is not None:
@@ -52,7 +58,8 @@ def read_dicom(path: Path, size: int) -> Tensor:
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
         arr = 1.0 - arr
     im = Image.fromarray((arr * 255).round().astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.array(im, dtype=np.uint8))
+    gray = torch.from_numpy(np.array(im, dtype=np.uint8))
+    return gray.unsqueeze(-1).expand(-1, -1, 3).contiguous() if color == "rgb" else gray
 
 
 def read_grayscale(path: Path, size: int) -> Tensor:
