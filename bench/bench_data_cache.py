@@ -9,8 +9,10 @@ size for both. Side by side in one run, alternating, ``--rounds`` times:
 - cached: the cache deleted, then the first epoch = building the cache + one epoch over it, then two more.
 
 Goals: cached epochs >= 20x the naive images/s; the first, cache-building epoch <= 1.2x a naive epoch.
+``--color rgb`` generates colour PNGs (one field per channel) and reads them with ``dataset.color=rgb``
+(results in ``data_cache_rgb.md``).
 
-    python bench/bench_data_cache.py [--images 200] [--size 2048] [--workers 2] [--rounds 2]
+    python bench/bench_data_cache.py [--images 200] [--size 2048] [--workers 2] [--rounds 2] [--color gray]
 """
 
 from __future__ import annotations
@@ -34,29 +36,34 @@ from src.config import PROJECT_ROOT
 from src.data.image_folder import ImageFolderDataModule
 
 
-def radiograph(args: tuple[Path, int, int]) -> None:
-    """A smooth random field (bilinear upsampling of 16 x 16 noise) plus pixel noise, saved as PNG."""
-    path, size, seed = args
+def radiograph(args: tuple[Path, int, int, str]) -> None:
+    """A smooth random field (bilinear upsampling of 16 x 16 noise) plus pixel noise, saved as PNG; one
+    field per channel for ``rgb``."""
+    path, size, seed, color = args
     rng = np.random.default_rng(seed)
-    coarse = Image.fromarray(rng.integers(30, 220, (16, 16), dtype=np.uint8))
-    field = np.asarray(coarse.resize((size, size), Image.Resampling.BILINEAR), dtype=np.int16)
-    pixels = np.clip(field + rng.normal(0, 4, (size, size)), 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(path)
+    channels = []
+    for _ in range(3 if color == "rgb" else 1):
+        coarse = Image.fromarray(rng.integers(30, 220, (16, 16), dtype=np.uint8))
+        field = np.asarray(coarse.resize((size, size), Image.Resampling.BILINEAR), dtype=np.int16)
+        channels.append(np.clip(field + rng.normal(0, 4, (size, size)), 0, 255).astype(np.uint8))
+    Image.fromarray(np.stack(channels, -1) if color == "rgb" else channels[0]).save(path)
 
 
-def make_tree(root: Path, images: int, size: int, workers: int) -> None:
+def make_tree(root: Path, images: int, size: int, workers: int, color: str) -> None:
     """<root>/train/{a,b}/ with ``images`` files; tiny val/test folders so no split is carved from train."""
     jobs = []
     for split, n in (("train", images), ("val", 2), ("test", 2)):
         for i in range(n):
             folder = root / split / "ab"[i % 2]
             folder.mkdir(parents=True, exist_ok=True)
-            jobs.append((folder / f"{i:04d}.png", size if split == "train" else 64, i))
+            jobs.append((folder / f"{i:04d}.png", size if split == "train" else 64, i, color))
     with mp.get_context("fork").Pool(workers) as pool:
         pool.map(radiograph, jobs)
 
 
-def datamodule(root: Path, cache_dir: Path, cache: bool, workers: int, batch: int) -> ImageFolderDataModule:
+def datamodule(
+    root: Path, cache_dir: Path, cache: bool, workers: int, batch: int, color: str
+) -> ImageFolderDataModule:
     return ImageFolderDataModule(
         name="bench",
         root=str(root),
@@ -67,6 +74,7 @@ def datamodule(root: Path, cache_dir: Path, cache: bool, workers: int, batch: in
         num_workers=workers,
         cache=cache,
         cache_dir=str(cache_dir),
+        color=color,
     )
 
 
@@ -91,24 +99,27 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "data_cache.md")
+    parser.add_argument("--color", choices=("gray", "rgb"), default="gray")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    name = "data_cache.md" if args.color == "gray" else "data_cache_rgb.md"
+    args.out = args.out or PROJECT_ROOT / "bench" / "results" / name
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         root, cache_dir = Path(tmp) / "images", Path(tmp) / "cache"
         start = time.perf_counter()
-        make_tree(root, args.images, args.size, args.workers)
+        make_tree(root, args.images, args.size, args.workers, args.color)
         made = time.perf_counter() - start
         mb = sum(p.stat().st_size for p in (root / "train").rglob("*.png")) / 1e6
         print(f"generated {args.images} PNGs ({mb:.0f} MB) in {made:.0f} s", flush=True)
 
         naive, first, build, cached = [], [], [], []
         for r in range(args.rounds):
-            dm = datamodule(root, cache_dir, False, args.workers, args.batch)
+            dm = datamodule(root, cache_dir, False, args.workers, args.batch, args.color)
             dm.datasets["train"] = dm.build_split("train")
             naive += epochs(dm, 3)
             shutil.rmtree(cache_dir, ignore_errors=True)
-            dm = datamodule(root, cache_dir, True, args.workers, args.batch)
+            dm = datamodule(root, cache_dir, True, args.workers, args.batch, args.color)
             start = time.perf_counter()
             dm.datasets["train"] = dm.build_split("train")
             build.append(time.perf_counter() - start)
@@ -138,7 +149,8 @@ def main() -> None:
         f"torch {torch.__version__})",
         "",
         f"`python bench/bench_data_cache.py --images {n} --size {args.size} --workers {args.workers} "
-        f"--rounds {args.rounds}`: {n} generated {args.size}x{args.size} 8-bit grayscale PNGs ({mb:.0f} MB), "
+        f"--rounds {args.rounds} --color {args.color}`: {n} generated {args.size}x{args.size} "
+        f"{'8-bit RGB' if args.color == 'rgb' else '8-bit grayscale'} PNGs ({mb:.0f} MB) read as {args.color}, "
         f"`dataset=image_folder` training loader at 224 px (loaded at 252, random crop + flip), batch "
         f"{args.batch}, {args.workers} workers for decoding and loading alike; medians over {args.rounds} "
         "alternating rounds. The machine's cores were shared with other jobs while it ran, so absolute "

@@ -127,6 +127,7 @@ def melo_to_adapter(melo_file: str | Path, preset: dict, out: str | Path) -> Pat
         "format": FORMAT,
         "backbone": backbone["name"],
         "img_size": str(backbone["img_size"]),
+        "color": preset.get("color", "gray"),
         "task": preset["task"],
         "class_names": class_names_json(classes),
         "strategy": "lora",

@@ -3,7 +3,7 @@
 
 The model is rebuilt from the first adapter's recorded backbone and strategy configs; every adapter goes
 into one :class:`~src.bank.AdapterBank`, so switching tasks costs no reload. Images are decoded once and
-every adapter runs over them in batches. The CSV has one row per image and one column per
+every adapter runs over them in batches, in the colour mode (gray / rgb) its run was trained in. The CSV has one row per image and one column per
 ``<adapter>:<class>`` probability (softmax for binary / multiclass, sigmoid for multilabel).
 """
 
@@ -115,14 +115,18 @@ def predict(
     """(files, probabilities per adapter (N x C), class names per adapter)."""
     bank, backbone = build_bank(adapters, backbone_checkpoint)
     files = collect_inputs(inputs)
-    pixels = torch.stack([read_image(p, backbone["img_size"]) for p in files])
+    # Adapters from before the colour mode was recorded were all trained on grayscale.
+    colors = {name: adapter.metadata.get("color", "gray") for name, adapter in bank.adapters.items()}
+    decoded = {
+        c: torch.stack([read_image(p, backbone["img_size"], c) for p in files]) for c in set(colors.values())
+    }
     normalize = Normalize(backbone["mean"], backbone["std"])
     probs, classes = {}, {}
     for name, adapter in bank.adapters.items():
         bank.switch(name)
         task = Task(adapter.metadata["task"], tuple(adapter.class_names))
         merged = merge_adapters(bank.model) if merge else 0
-        chunks = []
+        chunks, pixels = [], decoded[colors[name]]
         for i in range(0, len(pixels), batch_size):
             batch = torch.stack([normalize(img) for img in pixels[i : i + batch_size]])
             logits = bank.model(batch).float()

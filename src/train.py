@@ -48,10 +48,11 @@ def build_model(cfg: DictConfig, task: Task) -> tuple[nn.Module, Strategy]:
     return strategy.apply(model), strategy
 
 
-def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task) -> dict[str, str]:
+def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task, color: str = "gray") -> dict[str, str]:
     return {
         "backbone": cfg.backbone.name,
         "img_size": str(cfg.backbone.img_size),
+        "color": color,  # how src.predict decodes images for this adapter (gray / rgb)
         "task": task.type,
         "class_names": class_names_json(task.class_names),
         **strategy.metadata(),
@@ -114,7 +115,7 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     extras, files = {**extras, **strategy_extras}, [*files, *strategy_files]
 
     adapter_path = out / "adapter.safetensors"
-    adapter_bytes = save_adapter(model, adapter_path, adapter_metadata(cfg, strategy, task))
+    adapter_bytes = save_adapter(model, adapter_path, adapter_metadata(cfg, strategy, task, datamodule.color))
     metrics: dict[str, Any] = {
         **{k: float(v) for k, v in scores.items()},
         "trainable_params": trainable,

@@ -127,6 +127,7 @@ def test_melo_file_converts_to_an_adapter_that_predict_uses(tmp_path: Path) -> N
     )  # alpha // r = 2, not 2.5
     preset = {
         "task": "multiclass",
+        "color": "rgb",  # as the blood_cells preset: predict must read the stain colours
         "class_names": ["a", "b", "c", "d"],
         "rank": 2,
         "alpha": 5,
@@ -135,9 +136,9 @@ def test_melo_file_converts_to_an_adapter_that_predict_uses(tmp_path: Path) -> N
     }  # fmt: skip
     adapter = melo_to_adapter(melo_file, preset, tmp_path / "adapter.safetensors")
     image = tmp_path / "x.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)).save(image)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
     _, probs, classes = predict({"cells": str(adapter)}, [str(image)])
-    pixels = read_image(image, 32).float().div(255).sub(0.5).div(0.5).expand(1, 3, -1, -1)
+    pixels = read_image(image, 32, "rgb").float().div(255).sub(0.5).div(0.5).permute(2, 0, 1)[None]
     with torch.no_grad():
         torch.testing.assert_close(probs["cells"], reference(pixels).softmax(-1), atol=1e-5, rtol=1e-4)
     assert classes["cells"] == ["a", "b", "c", "d"]
@@ -156,6 +157,7 @@ def test_melo_presets_compose(preset: str, classes: int, size: int) -> None:
         cfg = compose("predict", overrides=[f"melo={preset}", "melo.file=x.safetensors", "inputs=[a.png]"])
     assert len(cfg.melo.class_names) == classes and cfg.melo.backbone.img_size == size
     assert cfg.melo.rank == 4 and cfg.melo.alpha == 4 and cfg.melo.backbone.pretrained
+    assert cfg.melo.color == ("rgb" if preset == "blood_cells" else "gray")
 
 
 def test_melo_preset_without_its_file_is_one_clear_line() -> None:

@@ -51,6 +51,9 @@ class ClassificationDataModule(L.LightningDataModule):
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.normalize = Normalize(mean, std)
         self.hflip = hflip
+        # How images are decoded (gray or rgb, see src.data.image_files.COLORS); recorded in the adapter so
+        # that src.predict reads images the same way.
+        self.color = "gray"
         self.datasets: dict[str, Dataset] = {}
 
     @abstractmethod

@@ -1,8 +1,8 @@
 """The preprocessed image cache: every image of a split decoded and resized once, kept as one uint8
 array in a memory-mappable ``.npy`` file, so large radiographs are not decoded every epoch.
 
-An entry is a folder ``<cache_dir>/<dataset>/<split>_<size>px_<files>_<stamp>/`` holding ``images.npy``
-(N, size, size) and ``meta.json``: ``<files>`` hashes the ordered list of source paths, ``<stamp>`` their
+An entry is a folder ``<cache_dir>/<dataset>/<split>_<size>px_<color>_<files>_<stamp>/`` holding
+``images.npy`` ((N, size, size) for ``gray``, (N, size, size, 3) for ``rgb``) and ``meta.json``: ``<files>`` hashes the ordered list of source paths, ``<stamp>`` their
 sizes and modification times. A changed source file gives a new stamp, so the entry is rebuilt and the
 stale one removed. Entries are built in a temp folder and renamed into place, so two jobs of a sweep that
 build the same entry at once both finish with a complete one. Nothing is written next to the sources.
@@ -40,15 +40,15 @@ class DecodeJobs(Dataset):
     """Decoding as a dataset, so that a DataLoader spreads it over worker processes: each item is
     ``(index, pixels or None, error message)``; a bad file is reported, never raised in a worker."""
 
-    def __init__(self, paths: Sequence[Path], size: int) -> None:
-        self.paths, self.size = list(paths), size
+    def __init__(self, paths: Sequence[Path], size: int, color: str = "gray") -> None:
+        self.paths, self.size, self.color = list(paths), size, color
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, Tensor | None, str]:
         try:
-            return index, read_image(self.paths[index], self.size), ""
+            return index, read_image(self.paths[index], self.size, self.color), ""
         except UserError as err:
             return index, None, str(err)
 
@@ -60,11 +60,12 @@ def decode_all(
     desc: str,
     skip_bad: bool,
     sink: Callable[[int, Tensor], None] | None = None,
+    color: str = "gray",
 ) -> list[tuple[int, str]]:
     """Decode every file with ``num_workers`` processes, handing each image to ``sink``; returns the
     (index, message) of unreadable files, or raises on the first one unless ``skip_bad``."""
     loader = DataLoader(
-        DecodeJobs(paths, size),
+        DecodeJobs(paths, size, color),
         batch_size=None,
         num_workers=num_workers,
         prefetch_factor=8 if num_workers else None,
@@ -90,7 +91,7 @@ def _digest(lines: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def entry_name(paths: Sequence[Path], split: str, size: int) -> tuple[str, str]:
+def entry_name(paths: Sequence[Path], split: str, size: int, color: str = "gray") -> tuple[str, str]:
     """(prefix shared by every version of this file list, full name with the sources' stamp)."""
     names = [str(Path(p).resolve()) for p in paths]
     try:
@@ -98,7 +99,7 @@ def entry_name(paths: Sequence[Path], split: str, size: int) -> tuple[str, str]:
     except FileNotFoundError as err:
         raise UserError(f"image {err.filename} disappeared while building the cache; re-run.") from None
     stamp = _digest([f"v{CACHE_VERSION}", *(f"{s.st_size} {s.st_mtime_ns}" for s in stats)])
-    prefix = f"{split}_{size}px_{_digest(names)}"
+    prefix = f"{split}_{size}px_{color}_{_digest(names)}"
     return prefix, f"{prefix}_{stamp}"
 
 
@@ -119,13 +120,16 @@ def build_or_load(
     split: str,
     num_workers: int,
     skip_bad: bool,
+    color: str = "gray",
 ) -> CacheEntry:
-    """The cache entry of ``paths`` at ``size``: reused when current, else built (and stale ones removed)."""
+    """The cache entry of ``paths`` at ``size`` in ``color`` mode: reused when current, else built (and
+    stale ones removed)."""
     folder = Path(cache_dir).expanduser() / dataset
-    prefix, name = entry_name(paths, split, size)
+    prefix, name = entry_name(paths, split, size, color)
     final = folder / name
     if not (final / "meta.json").exists():
-        _build(paths, size, final, num_workers, skip_bad, f"caching {dataset}/{split} at {size}px")
+        desc = f"caching {dataset}/{split} at {size}px {color}"
+        _build(paths, size, final, num_workers, skip_bad, desc, color)
         for stale in folder.glob(f"{prefix}_*"):
             if stale.name != name:
                 shutil.rmtree(stale, ignore_errors=True)
@@ -146,19 +150,19 @@ def _build(
     num_workers: int,
     skip_bad: bool,
     desc: str,
+    color: str = "gray",
 ) -> None:
     start = time.perf_counter()
+    shape = (len(paths), size, size, 3) if color == "rgb" else (len(paths), size, size)
     with atomic_directory(final) as tmp:
-        images = np.lib.format.open_memmap(
-            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(paths), size, size)
-        )
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
 
         def write(index: int, pixels: Tensor) -> None:
             images[index] = pixels.numpy()
 
-        bad = decode_all(paths, size, num_workers, desc, skip_bad, sink=write)
+        bad = decode_all(paths, size, num_workers, desc, skip_bad, sink=write, color=color)
         images.flush()
-        meta = {"version": CACHE_VERSION, "size": size, "count": len(paths), "bad": bad}
+        meta = {"version": CACHE_VERSION, "size": size, "color": color, "count": len(paths), "bad": bad}
         meta["paths"] = [str(p) for p in paths]
         (tmp / "meta.json").write_text(json.dumps(meta))
     log.info("cached %d images at %dpx in %.1f s: %s", len(paths), size, time.perf_counter() - start, final)

@@ -22,7 +22,7 @@ from torch import Tensor
 from src.atomic import atomic_write
 from src.data.base import SPLITS, ClassificationDataModule
 from src.data.cache import CachedImageDataset, build_or_load, decode_all
-from src.data.image_files import ImageFileDataset
+from src.data.image_files import COLORS, ImageFileDataset
 from src.data.splits import label_fraction_indices, split_by_fractions
 from src.errors import UserError
 
@@ -124,7 +124,9 @@ class FileDataModule(ClassificationDataModule):
     ``label_fraction`` in (0, 1] keeps a seeded (``label_fraction_seed``), stratified, patient-grouped
     subset of the training split only (MED-PEFT's 1 / 10 / 100 % protocol); val and test stay whole.
 
-    Training images are loaded ``crop_margin`` larger than ``image_size`` and randomly cropped back (plus
+    ``color``: ``gray`` decodes to 8-bit grayscale (radiographs), ``rgb`` keeps the three colour channels
+    (stained cells, photographs); the cache keeps one entry per mode. Training images are loaded
+    ``crop_margin`` larger than ``image_size`` and randomly cropped back (plus
     the ``hflip``); val and test images are loaded at ``image_size`` whole, exactly as ``src.predict`` sees
     them. ``cache=True`` decodes each split once into ``cache_dir`` (see :mod:`src.data.cache`).
     ``on_bad_image``: ``error`` stops at the first unreadable file, naming it; ``skip`` leaves such files
@@ -142,9 +144,11 @@ class FileDataModule(ClassificationDataModule):
         cache_dir: str | None = None,
         crop_margin: float = 0.125,
         on_bad_image: str = "error",
+        color: str = "gray",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.color = color
         self.label_fraction, self.label_fraction_seed = label_fraction, label_fraction_seed
         self.cache, self.cache_dir, self.crop_margin = cache, cache_dir, crop_margin
         self.on_bad_image = on_bad_image
@@ -159,6 +163,11 @@ class FileDataModule(ClassificationDataModule):
             raise UserError(
                 f"dataset.label_fraction={fraction!r} must be in (0, 1]: the share of the training split "
                 "to train on, e.g. dataset.label_fraction=0.01 for 1 %, 1.0 for all of it."
+            )
+        if self.color not in COLORS:
+            raise UserError(
+                f"dataset.color={self.color!r} must be gray (8-bit grayscale, radiographs) or rgb (colour "
+                "images such as stained cells or photographs)."
             )
         if self.on_bad_image not in ("error", "skip"):
             raise UserError(f"dataset.on_bad_image={self.on_bad_image!r} must be error or skip.")
@@ -234,11 +243,19 @@ class FileDataModule(ClassificationDataModule):
                     "written. Point dataset.cache_dir elsewhere (default ${paths.data_dir}/cache)."
                 )
             entry = build_or_load(
-                part.paths, size, cache_dir, self.name, split, self.num_workers, self.on_bad_image == "skip"
+                part.paths,
+                size,
+                cache_dir,
+                self.name,
+                split,
+                self.num_workers,
+                self.on_bad_image == "skip",
+                self.color,
             )
             bad = entry.bad
         elif self.on_bad_image == "skip":
-            bad = decode_all(part.paths, size, self.num_workers, f"checking {self.name}/{split}", True)
+            desc = f"checking {self.name}/{split}"
+            bad = decode_all(part.paths, size, self.num_workers, desc, True, color=self.color)
         else:
             bad = []
         if bad:
@@ -252,8 +269,8 @@ class FileDataModule(ClassificationDataModule):
             part = self.splits[split] = part.subset(keep)
         args = (part.paths, part.targets, self.image_size, self.normalize, self.hflip and split == "train")
         if entry is not None:
-            return CachedImageDataset(entry.images, keep, *args, load_size=size)
-        return ImageFileDataset(*args, load_size=size)
+            return CachedImageDataset(entry.images, keep, *args, load_size=size, color=self.color)
+        return ImageFileDataset(*args, load_size=size, color=self.color)
 
     def report(self, out: Path) -> tuple[dict[str, Any], list[Path]]:
         """Split sizes for metrics.json; ``train_files.txt`` (the training images used, relative to the

@@ -14,18 +14,26 @@ from torch.utils.data import Dataset
 from src.errors import UserError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+# dataset.color: how pixels are kept. ``gray`` (radiographs): (H, W) uint8, repeated to three channels by
+# Normalize; ``rgb`` (stained cells, photographs): (H, W, 3) uint8.
+COLORS = ("gray", "rgb")
 
 
-def read_image(path: Path, size: int) -> Tensor:
-    """Any supported file (PNG / JPEG / TIFF / BMP or DICOM) as a (size, size) uint8 grayscale tensor."""
-    return (
-        read_dicom(path, size) if Path(path).suffix.lower() in DICOM_SUFFIXES else read_grayscale(path, size)
-    )
+def read_image(path: Path, size: int, color: str = "gray") -> Tensor:
+    """Any supported file (PNG / JPEG / TIFF / BMP or DICOM) as a (size, size) uint8 grayscale tensor, or
+    (size, size, 3) uint8 RGB with ``color="rgb"`` (a DICOM's grayscale repeated into the three channels)."""
+    if color not in COLORS:
+        raise UserError(f"colour mode {color!r} is unknown: use gray or rgb (dataset.color).")
+    if Path(path).suffix.lower() in DICOM_SUFFIXES:
+        return read_dicom(path, size, color)
+    return read_pil(path, size, "RGB" if color == "rgb" else "L")
 
 
-def read_dicom(path: Path, size: int) -> Tensor:
+def read_dicom(path: Path, size: int, color: str = "gray") -> Tensor:
     """DICOM to display grayscale: rescale slope/intercept, the file's window (else its range),
-    MONOCHROME1 inverted so that dense tissue is bright as in MONOCHROME2."""
+    MONOCHROME1 inverted so that dense tissue is bright as in MONOCHROME2; with ``color="rgb"`` that
+    grayscale repeated into three channels. A colour DICOM (3 samples per pixel, e.g. slides or
+    endoscopy; pydicom converts YBR to RGB) is scaled by its bit depth and converted to ``color``."""
     import pydicom
 
     try:
@@ -33,6 +41,11 @@ def read_dicom(path: Path, size: int) -> Tensor:
         arr = ds.pixel_array.astype(np.float32)
     except Exception as err:  # pydicom raises many types for missing / undecodable pixel data
         raise UserError(f"cannot read DICOM pixels of {path}: {err}") from None
+    if int(getattr(ds, "SamplesPerPixel", 1)) == 3:
+        arr *= 255.0 / (2 ** int(getattr(ds, "BitsStored", 8)) - 1)
+        im = Image.fromarray(arr.round().clip(0, 255).astype(np.uint8), "RGB")
+        im = im.convert("RGB" if color == "rgb" else "L").resize((size, size), Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.array(im, dtype=np.uint8))
     arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
     center, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
     if center is not None and width is not None:
@@ -45,11 +58,19 @@ def read_dicom(path: Path, size: int) -> Tensor:
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
         arr = 1.0 - arr
     im = Image.fromarray((arr * 255).round().astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.array(im, dtype=np.uint8))
+    gray = torch.from_numpy(np.array(im, dtype=np.uint8))
+    return gray.unsqueeze(-1).expand(-1, -1, 3).contiguous() if color == "rgb" else gray
 
 
 def read_grayscale(path: Path, size: int) -> Tensor:
     """Decode, convert to 8-bit grayscale (16-bit scaled by its range) and resize to size x size."""
+    return read_pil(path, size, "L")
+
+
+def read_pil(path: Path, size: int, mode: str) -> Tensor:
+    """Decode with PIL into ``mode`` (``L`` or ``RGB``) at size x size. 16-bit grayscale is scaled by its
+    range first; palette, RGBA / LA (alpha dropped, as PIL converts), CMYK and grayscale sources go through
+    PIL's conversion, so a gray source read as RGB has three equal channels."""
     try:
         with Image.open(path) as im:
             im.load()
@@ -58,7 +79,7 @@ def read_grayscale(path: Path, size: int) -> Tensor:
                 lo, hi = float(arr.min()), float(arr.max())
                 arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
                 im = Image.fromarray(arr.astype(np.uint8))
-            im = im.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+            im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
             return torch.from_numpy(np.array(im, dtype=np.uint8))
     except (OSError, UnidentifiedImageError) as err:
         raise UserError(f"cannot read image {path}: {err}. Replace or remove the file.") from None
@@ -74,7 +95,7 @@ def random_crop(image: Tensor, size: int) -> Tensor:
 class ImageFileDataset(Dataset):
     """Decodes each image on access at ``load_size`` (default ``size``). A ``load_size`` above ``size``
     (the training split, see ``dataset.crop_margin``) adds a random ``size`` crop; ``hflip`` a random
-    horizontal flip."""
+    horizontal flip; ``color`` (gray / rgb) is the decoding mode of :func:`read_image`."""
 
     def __init__(
         self,
@@ -84,18 +105,19 @@ class ImageFileDataset(Dataset):
         transform: Callable[[Tensor], Tensor],
         hflip: bool,
         load_size: int | None = None,
+        color: str = "gray",
     ) -> None:
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
         self.paths, self.targets, self.size, self.transform = list(paths), targets, size, transform
-        self.hflip, self.load_size = hflip, load_size or size
+        self.hflip, self.load_size, self.color = hflip, load_size or size, color
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def pixels(self, index: int) -> Tensor:
-        """The (load_size, load_size) uint8 image before augmentation."""
-        return read_image(self.paths[index], self.load_size)
+        """The (load_size, load_size[, 3]) uint8 image before augmentation."""
+        return read_image(self.paths[index], self.load_size, self.color)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image = self.pixels(index)

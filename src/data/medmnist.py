@@ -193,6 +193,8 @@ class MedMNISTDataModule(ClassificationDataModule):
             if missing:
                 raise UserError(f"{path} lacks the keys {missing} (has {npz.files}); expected {keys}.")
             self.arrays = {k: npz[k] for k in keys}
+        # PathMNIST, DermaMNIST, BloodMNIST, ... ship (N, H, W, 3) colour images.
+        self.color = "rgb" if self.arrays["train_images"].ndim == 4 else "gray"
 
     def targets(self, split: str) -> Tensor:
         labels, n, c = (
