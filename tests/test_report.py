@@ -68,7 +68,7 @@ def test_table_cells_are_mean_and_std_over_seeds_and_folds(store: Path) -> None:
 def test_filters_select_runs_and_unknown_experiment_is_named(store: Path) -> None:
     table, _ = report(compose_report(store, "experiments=[synthetic]", "+tags.sweep_id=other"))
     assert table.runs == 1 and table.cells[("synthetic", "lora r4")].values == [0.10]
-    with pytest.raises(UserError, match="no MLflow experiment named 'cxr'.*synthetic"):
+    with pytest.raises(UserError, match=r"no MLflow experiment named 'cxr'.*synthetic"):
         report(compose_report(store, "experiments=[cxr]"))
     rank_filter = "filter=\"params.`peft.rank` = '4'\""  # as on the command line, in Hydra's quotes
     assert report(compose_report(store, "experiments=[synthetic]", "sweep=a", rank_filter))[0].columns == [
