@@ -119,7 +119,7 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     extras, files = datamodule.report(out)
     strategy_extras, strategy_files = strategy.report(model, out)
     extras, files = {**extras, **strategy_extras}, [*files, *strategy_files]
-    if module.test_predictions is not None:  # None after ddp_spawn: the test ran in other processes
+    if module.test_predictions is not None:  # None with test=false, or after ddp_spawn's own processes
         files += write_figures(*module.test_predictions, task, out)
 
     adapter_path = out / "adapter.safetensors"

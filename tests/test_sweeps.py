@@ -8,10 +8,12 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 from src.tracking.sweep import SweepCallback, mark_failed
 from src.tracking.sweep_context import SweepContext
-from tests.conftest import TINY_DATA, run_cli
+from tests.conftest import CONF, TINY_DATA, free_port, run_cli
 
 # One epoch of one batch each: enough to create, log and finish a run.
 ONE_BATCH = [
@@ -133,9 +135,31 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path: Path) -> None:
     assert len(list(csv.DictReader((sweep / "sweep_summary.csv").open()))) == 2
 
 
+def compose_sweep(tmp_path: Path, *overrides: str) -> DictConfig:
+    """The multirun config as the sweep callback receives it, hydra node included."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(
+            "train",
+            [f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/sweep", *overrides],
+            return_hydra_config=True,
+        )
+
+
 def test_slurm_launcher_refuses_a_sqlite_store(tmp_path: Path) -> None:
-    result = run_cli("-m", "rank=1,2", "hydra/launcher=slurm", f"paths.log_dir={tmp_path}")
-    assert result.returncode != 0
-    assert "is a local store, and the SLURM (submitit) launcher" in result.stderr
-    assert "logger.tracking_uri=http://HOST:PORT" in result.stderr
-    assert "Traceback" not in result.stderr
+    cfg = compose_sweep(tmp_path, "hydra/launcher=slurm")
+    with pytest.raises(SystemExit, match="is a local store, and the SLURM") as stop:
+        SweepCallback().on_multirun_start(cfg)
+    assert "logger.tracking_uri=http://HOST:PORT" in str(stop.value)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_unreachable_server_stops_a_sweep_at_start(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(SystemExit, match=f"logger.tracking_uri={dead} cannot be reached") as stop:
+        SweepCallback().on_multirun_start(compose_sweep(tmp_path, f"logger.tracking_uri={dead}"))
+    assert "logger.fallback=csv" in str(stop.value)
+    # With the fallback the sweep starts without a parent run; each job falls back to CSV.
+    SweepCallback().on_multirun_start(
+        compose_sweep(tmp_path, f"logger.tracking_uri={dead}", "logger.fallback=csv")
+    )
+    assert not (tmp_path / "sweep" / ".medpeft" / "sweep.json").exists()
