@@ -72,7 +72,7 @@ def experiment_id(client: MlflowClient, name: str, artifact_location: str | None
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
-def parallel_launcher(config: DictConfig) -> str | None:
+def multi_node_launcher(config: DictConfig) -> str | None:
     """The launcher's name when it runs jobs at the same time on several nodes, where sqlite is unsafe."""
     target = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
     return "SLURM (submitit)" if target.endswith("SlurmLauncher") else None
@@ -99,7 +99,7 @@ class SweepCallback(Callback):
         if not is_mlflow_logger(logger_cfg):
             return
         uri = logger_cfg.tracking_uri
-        launcher = parallel_launcher(config)
+        launcher = multi_node_launcher(config)
         if launcher and not is_remote(uri):
             raise UserError(
                 f"logger.tracking_uri={uri} is a local store, and the {launcher} launcher runs jobs on "

@@ -43,13 +43,15 @@ METRICS = (("test/auroc", "test AUROC"), ("test/acc", "test accuracy"))
 
 
 def summary_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Job records joined with the metrics.json each finished job wrote."""
+    """Job records joined with the metrics.json each finished job wrote; ``overrides`` keeps only those
+    that differ between jobs (the swept ones)."""
+    common = set.intersection(*(set(r["overrides"]) for r in records)) if len(records) > 1 else set()
     rows = []
     for record in records:
         metrics_file = Path(record["output_dir"]) / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         row = {**record, **{k: metrics.get(k) for k in COLUMNS if k in metrics}}
-        row["overrides"] = " ".join(record["overrides"])
+        row["overrides"] = " ".join(o for o in record["overrides"] if o not in common)
         rows.append({k: row.get(k) for k in COLUMNS})
     return rows
 
