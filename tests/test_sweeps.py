@@ -9,10 +9,14 @@ import mlflow
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
 
+from src.errors import UserError
 from src.tracking.sweep import SweepCallback, mark_failed
-from src.tracking.sweep_context import SweepContext
+from src.tracking.sweep_context import read_sweep
 from tests.conftest import CONF, TINY_DATA, free_port, run_cli
 
 # One epoch of one batch each: enough to create, log and finish a run.
@@ -35,11 +39,14 @@ def sweep_runs(uri: str) -> tuple[mlflow.entities.Run, list[mlflow.entities.Run]
     return parents[0], sorted(children, key=lambda r: int(r.data.tags["job"]))
 
 
-def test_parallel_joblib_sweep_on_sqlite_loses_no_run(tmp_path: Path) -> None:
+def test_parallel_optuna_sweep_on_sqlite_loses_no_run(tmp_path: Path) -> None:
+    # Optuna proposes 3 trials at once and joblib runs them on 2 worker processes, all into one sqlite store.
     sweep = tmp_path / "sweep"
     result = run_cli(
         "-m",
-        "rank=1,2",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_jobs=3",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
         *ONE_BATCH,
@@ -50,70 +57,19 @@ def test_parallel_joblib_sweep_on_sqlite_loses_no_run(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     parent, children = sweep_runs(f"sqlite:///{tmp_path}/mlflow.db")
     assert parent.info.status == "FINISHED"
-    assert [(c.data.tags["rank"], c.info.status) for c in children] == [("1", "FINISHED"), ("2", "FINISHED")]
-    for child in children:
-        assert child.data.tags["sweep_id"] == parent.data.tags["sweep_id"]
-        assert {"test/auroc", "trainable_params"} <= set(child.data.metrics)
-    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
-    assert [r["rank"] for r in rows] == ["1", "2"] and all(r["status"] == "COMPLETED" for r in rows)
-    assert float(rows[0]["test/auroc"]) == pytest.approx(children[0].data.metrics["test/auroc"], abs=1e-4)
-    assert (sweep / "sweep_summary.png").read_bytes().startswith(b"\x89PNG")
-
-
-def test_fail_fast_stops_at_the_first_failure(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    result = run_cli(
-        "-m",
-        "rank=0,1",
-        "hydra.callbacks.sweep.fail_fast=true",
-        *TINY_DATA,
-        f"paths.log_dir={tmp_path}",
-        f"hydra.sweep.dir={sweep}",
-    )
-    assert result.returncode != 0
-    assert "1 of 1 sweep jobs failed; stopped at the first failure" in result.stderr
-    assert "rank=0 is not a positive integer" in result.stderr
-    assert not list(sweep.glob("1_*"))  # job 1 never started
-    parent, [child] = sweep_runs(f"sqlite:///{tmp_path}/mlflow.db")
-    # The job died before its logger started: its FAILED run is created for it, with the error.
-    assert parent.info.status == "FAILED" and child.info.status == "FAILED"
-    assert "rank=0 is not a positive integer" in child.data.tags["error"]
-    assert child.data.tags["peft"] == "lora" and child.data.tags["job"] == "0"
-
-
-def test_a_failure_after_the_run_started_marks_that_run(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("e", artifact_location=str(tmp_path / "art"))
-    parent = client.create_run(exp).info.run_id
-    running = client.create_run(exp, tags={"sweep_id": "s", "job": "3"}).info.run_id
-    context = SweepContext("s", uri, "e", exp, parent, 3)
-    mark_failed(context, 3, {"error": "RuntimeError: boom"})
-    run = client.get_run(running)
-    assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: boom"
-    assert len(client.search_runs([exp])) == 2  # marked, not duplicated
-    assert SweepCallback().fail_fast is False  # the default keeps sweeping
-
-
-def test_optuna_search_three_trials_maximises_val_auroc(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    result = run_cli(
-        "-m",
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=3",
-        "debug=fdr",
-        "logger=none",
-        *TINY_DATA,
-        f"paths.log_dir={tmp_path}",
-        f"hydra.sweep.dir={sweep}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert [(c.data.tags["job"], c.info.status) for c in children] == [(str(i), "FINISHED") for i in range(3)]
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
     assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
+    for row, child in zip(rows, children, strict=True):
+        assert child.data.tags["sweep_id"] == parent.data.tags["sweep_id"]
+        assert row["rank"] == child.data.tags["rank"] == child.data.params["peft.rank"]
+        assert float(row["test/auroc"]) == pytest.approx(child.data.metrics["test/auroc"], abs=1e-4)
+    assert (sweep / "sweep_summary.png").read_bytes().startswith(b"\x89PNG")
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert best["best_value"] == pytest.approx(max(float(r["val/auroc"]) for r in rows), abs=1e-4)
-    assert set(best["best_params"]) == {"optim.lr", "rank"}
-    assert 1e-5 <= best["best_params"]["optim.lr"] <= 1e-2
+    assert best["best_value"] == pytest.approx(max(c.data.metrics["val/auroc"] for c in children))
+    assert (
+        set(best["best_params"]) == {"optim.lr", "rank"} and 1e-5 <= best["best_params"]["optim.lr"] <= 1e-2
+    )
 
 
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path: Path) -> None:
@@ -163,3 +119,34 @@ def test_unreachable_server_stops_a_sweep_at_start(tmp_path: Path) -> None:
         compose_sweep(tmp_path, f"logger.tracking_uri={dead}", "logger.fallback=csv")
     )
     assert not (tmp_path / "sweep" / ".medpeft" / "sweep.json").exists()
+
+
+def test_fail_fast_closes_the_sweep_at_the_first_failure(tmp_path: Path) -> None:
+    # What Hydra's launcher hands the callback after a job that died before its logger started.
+    cfg = compose_sweep(tmp_path, "rank=0", "hydra.callbacks.sweep.fail_fast=true")
+    with open_dict(cfg):
+        cfg.hydra.mode, cfg.hydra.job.num = RunMode.MULTIRUN, 0
+        cfg.hydra.runtime.output_dir = str(tmp_path / "sweep" / "0_lora_r0")
+    callback = instantiate(cfg.hydra.callbacks.sweep)
+    callback.on_multirun_start(cfg)
+    failure = JobReturn(overrides=["rank=0"], status=JobStatus.FAILED)
+    failure.return_value = UserError("rank=0 is not a positive integer.")
+    with pytest.raises(SystemExit, match="1 of 1 sweep jobs failed; stopped at the first failure") as stop:
+        callback.on_job_end(cfg, failure)
+    assert "job 0 (rank=0): UserError: rank=0 is not a positive integer" in str(stop.value)
+    parent, [child] = sweep_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    # No run existed: the FAILED child is created for it, with the error and the job's tags.
+    assert parent.info.status == "FAILED" and child.info.status == "FAILED"
+    assert "rank=0 is not a positive integer" in child.data.tags["error"]
+    assert (child.data.tags["peft"], child.data.tags["job"], child.data.tags["rank"]) == ("lora", "0", "0")
+    [row] = csv.DictReader((tmp_path / "sweep" / "sweep_summary.csv").open())
+    assert row["status"] == "FAILED" and "rank=0" in row["error"]
+
+    # A job that failed after its logger started: that run is marked, not duplicated.
+    context = read_sweep(tmp_path / "sweep")
+    client = mlflow.MlflowClient(context.tracking_uri)
+    running = client.create_run(context.experiment_id, tags={"sweep_id": context.sweep_id, "job": "1"})
+    mark_failed(context, 1, {"error": "RuntimeError: boom"})
+    run = client.get_run(running.info.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: boom"
+    assert len(client.search_runs([context.experiment_id])) == 3
