@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: install train pretrain test lint format bench mlflow-ui clean
+.PHONY: install train pretrain test lint format bench mlflow-ui mlflow-server clean
 
 install: $(STAMP)
 
@@ -35,6 +35,14 @@ bench: $(STAMP)
 
 mlflow-ui: $(STAMP)
 	.venv/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000
+
+# A tracking server over the same store: runs log with logger.tracking_uri=http://HOST:PORT.
+# Reachable from other machines (SLURM nodes): make mlflow-server MLFLOW_HOST=0.0.0.0 (trusted network only).
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+mlflow-server: $(STAMP)
+	.venv/bin/mlflow server --backend-store-uri sqlite:///outputs/mlflow.db \
+		--artifacts-destination outputs/mlartifacts --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache

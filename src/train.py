@@ -14,6 +14,8 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -23,12 +25,14 @@ from src.adapter import class_names_json, save_adapter
 from src.config import PROJECT_ROOT, instantiate_user, validate_config
 from src.data.base import ClassificationDataModule
 from src.errors import UserError
+from src.figures import write_figures
 from src.models.backbone import create_backbone
 from src.models.module import ClassificationModule
 from src.strategies import Strategy, count_parameters
 from src.summary import format_summary, write_json
 from src.tasks import Task
 from src.tracking.mlflow_logger import MLflowLogger
+from src.tracking.server import check_tracking
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     """As :func:`train`, also returning the model (with the best checkpoint's weights loaded)."""
     validate_config(cfg)
+    cfg = check_tracking(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,10 +114,14 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     scores = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     if cfg.test:
         scores |= trainer.test(module, datamodule=datamodule, ckpt_path=best)[0]
+    if not trainer.is_global_zero:  # DDP: every process runs this function; rank 0 writes and logs
+        return {k: float(v) for k, v in scores.items()}, model
 
     extras, files = datamodule.report(out)
     strategy_extras, strategy_files = strategy.report(model, out)
     extras, files = {**extras, **strategy_extras}, [*files, *strategy_files]
+    if module.test_predictions is not None:  # None with test=false, or after ddp_spawn's own processes
+        files += write_figures(*module.test_predictions, task, out)
 
     adapter_path = out / "adapter.safetensors"
     adapter_bytes = save_adapter(model, adapter_path, adapter_metadata(cfg, strategy, task, datamodule.color))
@@ -144,6 +153,8 @@ def main(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
     except UserError as err:
         log.error("%s", err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # one failed job: the sweep callback records it, the sweep goes on
         raise SystemExit(f"error: {err}") from None
     return metrics.get("val/auroc")
 

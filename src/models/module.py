@@ -1,6 +1,7 @@
 """The LightningModule: a classifier, a task (loss + metrics) and an optimizer recipe.
 
 It knows nothing of PEFT strategies: whatever parameters the strategy left trainable are optimised.
+The test split's scores and targets are kept (gathered across DDP processes) for the run's figures.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
 from torch import Tensor, nn
 
 from src.optim import build_optimizer, warmup_cosine
@@ -24,6 +26,8 @@ class ClassificationModule(L.LightningModule):
         self.optim = dict(optim)
         self.save_hyperparameters({"task": task.type, "class_names": list(task.class_names), "optim": optim})
         self.metrics = nn.ModuleDict({stage: task.metrics() for stage in ("val", "test")})
+        self._test_batches: list[tuple[Tensor, Tensor]] = []
+        self.test_predictions: tuple[Tensor, Tensor] | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
@@ -39,7 +43,11 @@ class ClassificationModule(L.LightningModule):
         images, target = batch
         logits = self(images)
         self.log(f"{stage}/loss", self.task.loss(logits, target), on_epoch=True, batch_size=len(images))
-        self.metrics[stage].update(self.task.scores(logits), self.task.metric_target(target))
+        scores = self.task.scores(logits)
+        target = self.task.metric_target(target)
+        self.metrics[stage].update(scores, target)
+        if stage == "test":
+            self._test_batches.append((scores.detach(), target.detach()))
 
     def _eval_epoch_end(self, stage: str) -> None:
         computed = self.metrics[stage].compute()
@@ -56,8 +64,16 @@ class ClassificationModule(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch)
 
+    def on_test_epoch_start(self) -> None:
+        self._test_batches = []
+
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+        scores, target = (torch.cat(parts) for parts in zip(*self._test_batches, strict=True))
+        if self.trainer.world_size > 1:  # every process tested a shard (DistributedSampler pads them equal)
+            scores, target = (self.all_gather(t).flatten(0, 1) for t in (scores, target))
+        self.test_predictions = (scores.cpu(), target.cpu())
+        self._test_batches = []
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = dict(self.optim)

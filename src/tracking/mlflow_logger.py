@@ -2,6 +2,9 @@
 
 MLflow itself accepts values up to ``MAX_PARAM_VAL_LENGTH`` (6,000 characters since MLflow 2). Longer values
 are cut there with a visible marker and a warning, and the full resolved config is always an artifact.
+
+Inside a Hydra multirun whose sweep callback opened a parent run (:mod:`src.tracking.sweep`), the run joins
+the sweep's experiment as a child of that parent, tagged with the sweep id and job number.
 """
 
 from __future__ import annotations
@@ -14,9 +17,13 @@ from typing import Any
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Param
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from src.config import flatten
+from src.tracking.git import git_tags
+from src.tracking.server import is_remote
+from src.tracking.sweep_context import current_sweep
 
 log = logging.getLogger(__name__)
 MARKER = " ...[cut: see config.yaml artifact]"
@@ -30,7 +37,35 @@ def param_value(key: str, value: Any) -> str:
     return text[: MAX_PARAM_VAL_LENGTH - len(MARKER)] + MARKER
 
 
+def run_tags(tags: dict[str, Any] | None) -> dict[str, str]:
+    """Config tags as strings, without the unset ones (a dataset without folds has no ``fold`` tag)."""
+    return {**{k: str(v) for k, v in (tags or {}).items() if v is not None}, **git_tags()}
+
+
 class MLflowLogger(MLFlowLogger):
+    def __init__(
+        self,
+        *args: Any,
+        tags: dict[str, Any] | None = None,
+        artifact_location: str | None = None,
+        fallback: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """As Lightning's, plus ``fallback`` (handled before the logger is built, see ``check_tracking``).
+
+        ``artifact_location`` applies to local stores only: a tracking server stores artifacts itself.
+        """
+        del fallback
+        tags = run_tags(tags)
+        sweep = current_sweep()
+        if sweep is not None:
+            kwargs["experiment_name"] = sweep.experiment_name
+            kwargs["tracking_uri"] = sweep.tracking_uri
+            tags |= {MLFLOW_PARENT_RUN_ID: sweep.parent_run_id, **sweep.job_tags()}
+        if is_remote(kwargs.get("tracking_uri")):
+            artifact_location = None
+        super().__init__(*args, tags=tags, artifact_location=artifact_location, **kwargs)
+
     @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any] | Any) -> None:
         flat = flatten(params) if isinstance(params, dict) else flatten(vars(params))
@@ -39,6 +74,6 @@ class MLflowLogger(MLFlowLogger):
             self.experiment.log_batch(run_id=self.run_id, params=batch[i : i + 100])
 
     @rank_zero_only
-    def log_files(self, paths: Iterable[str | Path]) -> None:
+    def log_files(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         for path in paths:
-            self.experiment.log_artifact(self.run_id, str(path))
+            self.experiment.log_artifact(self.run_id, str(path), artifact_path)

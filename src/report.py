@@ -1,0 +1,229 @@
+"""The paper table: ``python -m src.report experiments=[sz_cxr,...] [metric=test/auroc] [filter=...]``.
+
+Reads finished MLflow runs of the chosen experiments (narrowed by tags and an MLflow filter) and lays them
+out as MeLo / MED-PEFT report them: one row per dataset (x label fraction), one column per strategy
+(``lora r4``: rank-bearing strategies carry their rank), each cell the mean ± sample std of ``metric`` over
+the runs that share it (seeds, folds), with two closing rows giving each strategy's trainable share of the
+weights and adapter size. Written as Markdown (printed too), CSV (one line per cell, with n) and LaTeX.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from omegaconf import DictConfig, OmegaConf
+
+from src.atomic import atomic_write
+from src.config import PROJECT_ROOT
+from src.errors import UserError
+from src.summary import human_bytes
+from src.tracking.server import check_tracking
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)
+    trainable_pct: list[float] = field(default_factory=list)
+    adapter_bytes: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else math.nan
+
+
+@dataclass
+class Table:
+    metric: str
+    rows: list[str]
+    columns: list[str]
+    cells: dict[tuple[str, str], Cell]
+    runs: int
+
+
+def strategy_label(run: Run) -> str:
+    peft = run.data.tags.get("peft") or run.data.params.get("peft.name", "?")
+    rank = run.data.params.get("peft.rank")  # only rank-bearing strategies have it
+    return f"{peft} r{rank}" if rank is not None else peft
+
+
+def row_label(run: Run) -> str:
+    dataset = run.data.tags.get("dataset", "?")
+    fraction = run.data.tags.get("label_fraction")
+    return f"{dataset} @ {float(fraction):.0%} labels" if fraction is not None else dataset
+
+
+def search(client: MlflowClient, cfg: DictConfig) -> list[Run]:
+    experiments = []
+    for name in cfg.experiments:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+            raise UserError(
+                f"experiments: no MLflow experiment named {name!r} at tracking_uri={cfg.tracking_uri} "
+                f"(experiments there: {known})."
+            )
+        experiments.append(found.experiment_id)
+    clauses = ["attributes.status = 'FINISHED'"]
+    tags = {**(cfg.tags or {}), **({"sweep_id": cfg.sweep} if cfg.sweep else {})}
+    clauses += [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+    if cfg.filter:
+        clauses.append(cfg.filter)
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            experiments, filter_string=" and ".join(clauses), max_results=1000, page_token=token
+        )
+        runs += page
+        token = page.token
+        if not token:
+            return runs
+
+
+def build_table(runs: list[Run], metric: str) -> Table:
+    cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
+    used = 0
+    for run in runs:
+        value = run.data.metrics.get(metric)
+        if value is None or math.isnan(value):  # sweep parents, runs without a test
+            continue
+        used += 1
+        cell = cells[(row_label(run), strategy_label(run))]
+        cell.values.append(value)
+        for key in ("trainable_pct", "adapter_bytes"):
+            if key in run.data.metrics:
+                getattr(cell, key).append(run.data.metrics[key])
+    if not cells:
+        raise UserError(
+            f"metric={metric}: none of the {len(runs)} finished runs selected has it; check `metric`, "
+            "`experiments`, `tags` and `filter`."
+        )
+    pct: dict[str, list[float]] = defaultdict(list)
+    for (_, col), cell in cells.items():
+        pct[col] += cell.trainable_pct
+    columns = sorted({c for _, c in cells}, key=lambda c: (np.mean(pct[c]) if pct[c] else math.inf, c))
+    rows = sorted({r for r, _ in cells})
+    return Table(metric, rows, columns, dict(cells), used)
+
+
+def mean_std(cell: Cell | None, digits: int, pm: str = "±") -> str:
+    if cell is None:
+        return "–"
+    if len(cell.values) == 1:
+        return f"{cell.mean:.{digits}f}"
+    return f"{cell.mean:.{digits}f} {pm} {cell.std:.{digits}f}"
+
+
+def span(values: list[float], fmt: Any) -> str:
+    """One value, or the range when it differs between rows (heads of different class counts)."""
+    if not values:
+        return "–"
+    lo, hi = min(values), max(values)
+    return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}–{fmt(hi)}"
+
+
+def footer(table: Table) -> list[tuple[str, list[str]]]:
+    by_col: dict[str, Cell] = defaultdict(Cell)
+    for (_, col), cell in table.cells.items():
+        by_col[col].trainable_pct += cell.trainable_pct
+        by_col[col].adapter_bytes += cell.adapter_bytes
+    return [
+        ("trainable %", [span(by_col[c].trainable_pct, lambda v: f"{v:.3g} %") for c in table.columns]),
+        ("adapter", [span(by_col[c].adapter_bytes, lambda v: human_bytes(int(v))) for c in table.columns]),
+    ]
+
+
+def markdown(table: Table, digits: int) -> str:
+    head = [f"{table.metric} (mean ± std)", *table.columns]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for row in table.rows:
+        cells = [mean_std(table.cells.get((row, c)), digits) for c in table.columns]
+        lines.append("| " + " | ".join([row, *cells]) + " |")
+    for name, values in footer(table):
+        lines.append("| " + " | ".join([f"*{name}*", *values]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(a, b)
+    return text
+
+
+def latex(table: Table, digits: int) -> str:
+    cols = "l" + "c" * len(table.columns)
+    lines = [
+        f"\\begin{{tabular}}{{{cols}}}",
+        "\\toprule",
+        " & ".join([latex_escape(table.metric), *map(latex_escape, table.columns)]) + " \\\\",
+        "\\midrule",
+    ]
+    for row in table.rows:
+        cells = [mean_std(table.cells.get((row, c)), digits, "$\\pm$") for c in table.columns]
+        lines.append(" & ".join([latex_escape(row), *cells]).replace("–", "--") + " \\\\")
+    lines.append("\\midrule")
+    for name, values in footer(table):
+        lines.append(" & ".join(latex_escape(x).replace("–", "--") for x in [name, *values]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(table: Table, path: Path) -> None:
+    fields = ["dataset", "strategy", "metric", "mean", "std", "n", "trainable_pct", "adapter_bytes"]
+    with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for (row, col), cell in sorted(table.cells.items()):
+            writer.writerow(
+                {
+                    "dataset": row,
+                    "strategy": col,
+                    "metric": table.metric,
+                    "mean": cell.mean,
+                    "std": "" if math.isnan(cell.std) else cell.std,
+                    "n": len(cell.values),
+                    "trainable_pct": np.mean(cell.trainable_pct) if cell.trainable_pct else "",
+                    "adapter_bytes": int(np.mean(cell.adapter_bytes)) if cell.adapter_bytes else "",
+                }
+            )
+
+
+def report(cfg: DictConfig) -> tuple[Table, list[Path]]:
+    """Select the runs, build the table and write <out_dir>/<name>.{md,csv,tex}."""
+    check_tracking(OmegaConf.create({"logger": {"tracking_uri": cfg.tracking_uri}}))
+    table = build_table(search(MlflowClient(cfg.tracking_uri), cfg), cfg.metric)
+    out = Path(cfg.out_dir)
+    paths = [out / f"{cfg.name}.{ext}" for ext in ("md", "csv", "tex")]
+    with atomic_write(paths[0]) as tmp:
+        tmp.write_text(markdown(table, cfg.digits))
+    write_csv(table, paths[1])
+    with atomic_write(paths[2]) as tmp:
+        tmp.write_text(latex(table, cfg.digits))
+    return table, paths
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="report")
+def main(cfg: DictConfig) -> None:
+    try:
+        table, paths = report(cfg)
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(paths[0].read_text(), flush=True)
+    print(f"{table.runs} runs; written: {', '.join(str(p) for p in paths)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""python -m src.report: the paper table from MLflow runs, checked against numbers logged by hand."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from src.errors import UserError
+from src.report import report
+from tests.conftest import compose_train
+
+STRATEGIES = {"linear": (None, 0.021, 1900), "lora": ("4", 0.688, 51900)}
+
+
+def log_run(client: MlflowClient, exp: str, peft: str, value: float | None, **tags: str) -> None:
+    rank, pct, size = STRATEGIES[peft]
+    run = client.create_run(exp, tags={"peft": peft, "dataset": "synthetic", **tags})
+    if rank is not None:
+        client.log_param(run.info.run_id, "peft.rank", rank)
+    if value is not None:
+        for key, v in (("test/auroc", value), ("trainable_pct", pct), ("adapter_bytes", size)):
+            client.log_metric(run.info.run_id, key, v)
+    client.set_terminated(run.info.run_id, "FINISHED" if value is not None or tags else "FAILED")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("synthetic", artifact_location=str(tmp_path / "art"))
+    for seed, value in enumerate([0.90, 0.92, 0.94]):
+        log_run(client, exp, "lora", value, seed=str(seed), sweep_id="a")
+    for fold, value in enumerate([0.80, 0.84]):
+        log_run(client, exp, "linear", value, fold=str(fold), sweep_id="a")
+    log_run(client, exp, "lora", 0.70, label_fraction="0.1", sweep_id="a")
+    log_run(client, exp, "lora", None)  # a failed run: not in the table
+    log_run(client, exp, "lora", None, sweep_role="parent")  # a sweep's parent: no metric
+    log_run(client, exp, "lora", 0.10, sweep_id="other")
+    return tmp_path
+
+
+def compose_report(store: Path, *overrides: str):
+    return compose_train(
+        [f"paths.log_dir={store}", f"out_dir={store}/report", *overrides], config_name="report"
+    )
+
+
+def test_table_cells_are_mean_and_std_over_seeds_and_folds(store: Path) -> None:
+    cfg = compose_report(store, "experiments=[synthetic]", "sweep=a")
+    table, paths = report(cfg)
+    assert table.runs == 6 and table.columns == ["linear", "lora r4"]  # ordered by trainable share
+    md = paths[0].read_text()
+    assert "| synthetic | 0.820 ± 0.028 | 0.920 ± 0.020 |" in md  # sample std (ddof=1)
+    assert "| synthetic @ 10% labels | – | 0.700 |" in md
+    assert "| *trainable %* | 0.021 % | 0.688 % |" in md and "51.9 kB" in md
+    rows = {(r["dataset"], r["strategy"]): r for r in csv.DictReader(paths[1].open())}
+    assert rows[("synthetic", "lora r4")]["n"] == "3"
+    assert float(rows[("synthetic", "lora r4")]["mean"]) == pytest.approx(0.92)
+    tex = paths[2].read_text()
+    assert "synthetic & 0.820 $\\pm$ 0.028 & 0.920 $\\pm$ 0.020 \\\\" in tex
+    assert "\\toprule" in tex and "trainable \\%" in tex
+
+
+def test_filters_select_runs_and_unknown_experiment_is_named(store: Path) -> None:
+    table, _ = report(compose_report(store, "experiments=[synthetic]", "+tags.sweep_id=other"))
+    assert table.runs == 1 and table.cells[("synthetic", "lora r4")].values == [0.10]
+    with pytest.raises(UserError, match=r"no MLflow experiment named 'cxr'.*synthetic"):
+        report(compose_report(store, "experiments=[cxr]"))
+    rank_filter = "filter=\"params.`peft.rank` = '4'\""  # as on the command line, in Hydra's quotes
+    assert report(compose_report(store, "experiments=[synthetic]", "sweep=a", rank_filter))[0].columns == [
+        "lora r4"
+    ]
