@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.errors import UserError
+from src.models.timm_names import linear_scaled_lr, timm_name, timm_norm
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # conf/paths/default.yaml anchors outputs/ and data/ here, so runs land in the repository whatever the cwd.
@@ -26,8 +27,15 @@ def auto_precision() -> str:
 
 def register_resolvers() -> None:
     """Register the OmegaConf resolvers our YAML uses; safe to call more than once."""
-    if not OmegaConf.has_resolver("auto_precision"):
-        OmegaConf.register_new_resolver("auto_precision", auto_precision)
+    resolvers = {
+        "auto_precision": auto_precision,
+        "timm_name": timm_name,
+        "timm_norm": timm_norm,
+        "linear_scaled_lr": linear_scaled_lr,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 register_resolvers()

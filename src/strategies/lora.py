@@ -11,6 +11,8 @@ MeLo's 0.17 %. ``options`` passes further ``LoraConfig`` fields, e.g. ``use_dora
 
 ``targets="qv"`` adapts only the query and value parts of each fused qkv named by ``target_modules``
 (MeLo's and MED-PEFT's placement; see :mod:`src.strategies.lora_qv`) instead of the whole output.
+``also_train`` names modules that train whole beside the adapter and the head, e.g. ``[fc_norm]``: MED-PEFT
+(Lian et al., 2024) trains the norm after the global average pool with its LoRA.
 """
 
 from __future__ import annotations
@@ -38,8 +40,14 @@ class LoRA(Strategy):
     target_modules: list[str] | str = field(default_factory=lambda: ["qkv"])
     targets: str = "qkv"
     options: dict[str, Any] = field(default_factory=dict)
+    also_train: list[str] = field(default_factory=list)
 
     def apply(self, model: nn.Module) -> nn.Module:
+        model = self.inject(model)
+        unfreeze_modules(model, list(self.also_train))
+        return model
+
+    def inject(self, model: nn.Module) -> nn.Module:
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
         names = check_targets(model, targets)
         if self.targets not in TARGET_PARTS:
@@ -73,6 +81,20 @@ class LoRA(Strategy):
             "target_modules": targets,
             "targets": self.targets,
         }
+
+
+def unfreeze_modules(model: nn.Module, names: list[str]) -> None:
+    """Train every parameter of the modules ``names`` (suffix match); a module without weights (e.g. the
+    ``fc_norm`` of a CLS-token ViT, an Identity) adds nothing, a name that matches no module is refused."""
+    for target in names:
+        found = [m for n, m in model.named_modules() if n and matches(n, [target])]
+        if not found:
+            raise UserError(
+                f"peft.also_train: no module named {target!r} in this backbone; give module names such as "
+                "fc_norm or norm (see `print(model)`), or peft.also_train=[] to train the adapter and head only."
+            )
+        for module in found:
+            module.requires_grad_(True)
 
 
 def matches(name: str, targets: list[str] | str) -> bool:
