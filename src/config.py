@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError
 
 from src.errors import UserError
 from src.models.timm_names import linear_scaled_lr, timm_name, timm_norm
@@ -43,6 +44,21 @@ register_resolvers()
 
 def validate_config(cfg: DictConfig) -> None:
     """Cheap checks of user-facing knobs, run before any model or data is built."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationKeyError as err:
+        # e.g. a paper recipe's per-dataset table looked up with a dataset it does not cover
+        raise UserError(
+            f"config key {err.full_key} does not resolve: {err.msg.splitlines()[0]}. A paper recipe "
+            "(experiment=...) covers only the datasets / settings in its tables; choose one of those."
+        ) from None
+    b = cfg.backbone
+    if b.get("require_weights") and not b.get("pretrained") and not b.get("checkpoint"):
+        raise UserError(
+            f"this recipe fine-tunes pretrained weights, but {b.name} would start from random ones: pass "
+            "backbone.pretrained=true (downloads timm's weights from the Hugging Face hub) or "
+            "backbone.checkpoint=PATH (a local .safetensors / .pth / .npz)."
+        )
     rank = cfg.get("rank")
     if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
         raise UserError(

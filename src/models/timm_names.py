@@ -48,6 +48,6 @@ def timm_norm(which: str, name: str) -> list[float]:
     return [float(v) for v in values] if values else [0.5, 0.5, 0.5]
 
 
-def linear_scaled_lr(base_lr: float, batch_size: int, base_batch: int = 256) -> float:
-    """The MAE / MED-PEFT convention ``lr = blr * batch / 256`` (Goyal et al., 2017, linear scaling rule)."""
-    return float(base_lr) * int(batch_size) / base_batch
+def linear_scaled_lr(lr: float, batch_size: int, reference_batch: int | None = 256) -> float:
+    """MAE's convention ``lr = blr * batch / 256`` (Goyal et al., 2017); ``reference_batch=None``: ``lr`` as is."""
+    return float(lr) if reference_batch is None else float(lr) * int(batch_size) / int(reference_batch)
