@@ -12,7 +12,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError
 
 from src.errors import UserError
-from src.models.timm_names import linear_scaled_lr, timm_name, timm_norm
+from src.models.timm_names import timm_name, timm_norm
+from src.recipes import linear_scaled_lr, when_null
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # conf/paths/default.yaml anchors outputs/ and data/ here, so runs land in the repository whatever the cwd.
@@ -31,8 +32,10 @@ def register_resolvers() -> None:
     resolvers = {
         "auto_precision": auto_precision,
         "timm_name": timm_name,
-        "timm_norm": timm_norm,
+        # a ListConfig, not a list: OmegaConf.resolve cannot store a resolver's plain list
+        "timm_norm": lambda which, name: ListConfig(timm_norm(which, name)),
         "linear_scaled_lr": linear_scaled_lr,
+        "when_null": when_null,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from src.models.backbone import create_backbone
-from src.models.timm_names import linear_scaled_lr, timm_name
+from src.models.timm_names import timm_name
 from tests.conftest import compose_train
 
 IMAGENET_MEAN = pytest.approx([0.485, 0.456, 0.406])
@@ -74,4 +74,3 @@ def test_timm_name_prefers_the_size_specific_weights() -> None:
         == "vit_base_patch16_224.augreg2_in21k_ft_in1k"
     )
     assert timm_name("vit_base_patch16", 256, None) == "vit_base_patch16_224"
-    assert linear_scaled_lr(3e-3, 64) == pytest.approx(7.5e-4)

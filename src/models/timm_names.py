@@ -46,8 +46,3 @@ def timm_norm(which: str, name: str) -> list[float]:
         cfg = None
     values = getattr(cfg, which, None) if cfg is not None else None
     return [float(v) for v in values] if values else [0.5, 0.5, 0.5]
-
-
-def linear_scaled_lr(lr: float, batch_size: int, reference_batch: int | None = 256) -> float:
-    """MAE's convention ``lr = blr * batch / 256`` (Goyal et al., 2017); ``reference_batch=None``: ``lr`` as is."""
-    return float(lr) if reference_batch is None else float(lr) * int(batch_size) / int(reference_batch)
