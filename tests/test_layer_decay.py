@@ -11,7 +11,7 @@ from src.errors import UserError
 from src.models.backbone import create_backbone
 from src.optim import build_optimizer, layer_id, warmup_cosine, warmup_steps
 from src.strategies.lora import LoRA
-from src.train import build_model
+from src.train import build_model, train
 from tests.conftest import compose_train
 
 DEPTH = 4
@@ -85,3 +85,10 @@ def test_drop_path_from_the_backbone_config_is_active_only_in_training(tmp_path:
     assert not torch.allclose(model(x), model(x))
     model.eval()
     assert torch.equal(model(x), model(x))
+
+
+def test_a_run_trains_with_layer_decay_warmup_epochs_and_drop_path(make_cfg) -> None:
+    cfg = make_cfg(
+        "optim.layer_decay=0.65", "optim.warmup_epochs=1", "backbone.kwargs.drop_path_rate=0.1", "debug=fdr"
+    )
+    assert 0.0 <= train(cfg)["test/auroc"] <= 1.0
