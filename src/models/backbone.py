@@ -221,9 +221,11 @@ def resample_position_embedding(
     if pos is None or not isinstance(own, Tensor) or grid is None or pos.shape == own.shape:
         return state, []
     prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
+    if pos.ndim != 3 or pos.shape[2] != own.shape[2] or pos.shape[1] <= prefix:
+        return state, []  # another architecture: the shape check in load_checkpoint reports it
     old = math.isqrt(pos.shape[1] - prefix)
-    if pos.ndim != 3 or old * old != pos.shape[1] - prefix or pos.shape[2] != own.shape[2]:
-        return state, []  # not a square grid of this width: the shape check reports it
+    if old * old != pos.shape[1] - prefix:
+        return state, []
     resampled = resample_abs_pos_embed(
         pos, new_size=list(grid), old_size=[old, old], num_prefix_tokens=prefix
     )
