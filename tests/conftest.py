@@ -34,6 +34,7 @@ def compose_train(
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")
             cfg.paths.log_dir = str(tmp_path / "outputs")
+            cfg.paths.data_dir = str(tmp_path / "data")  # dataset caches land here, not in the repository
     return cfg
 
 

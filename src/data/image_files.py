@@ -64,7 +64,18 @@ def read_grayscale(path: Path, size: int) -> Tensor:
         raise UserError(f"cannot read image {path}: {err}. Replace or remove the file.") from None
 
 
+def random_crop(image: Tensor, size: int) -> Tensor:
+    """A uniformly placed ``size`` x ``size`` window of an (H, W[, 3]) image."""
+    top = int(torch.randint(image.shape[0] - size + 1, ()))
+    left = int(torch.randint(image.shape[1] - size + 1, ()))
+    return image[top : top + size, left : left + size]
+
+
 class ImageFileDataset(Dataset):
+    """Decodes each image on access at ``load_size`` (default ``size``). A ``load_size`` above ``size``
+    (the training split, see ``dataset.crop_margin``) adds a random ``size`` crop; ``hflip`` a random
+    horizontal flip."""
+
     def __init__(
         self,
         paths: Sequence[Path],
@@ -72,20 +83,25 @@ class ImageFileDataset(Dataset):
         size: int,
         transform: Callable[[Tensor], Tensor],
         hflip: bool,
+        load_size: int | None = None,
     ) -> None:
-        self.paths, self.targets, self.size, self.transform, self.hflip = (
-            list(paths),
-            targets,
-            size,
-            transform,
-            hflip,
-        )
+        if len(paths) != len(targets):
+            raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
+        self.paths, self.targets, self.size, self.transform = list(paths), targets, size, transform
+        self.hflip, self.load_size = hflip, load_size or size
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def pixels(self, index: int) -> Tensor:
+        """The (load_size, load_size) uint8 image before augmentation."""
+        return read_image(self.paths[index], self.load_size)
+
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = self.transform(read_image(self.paths[index], self.size))
+        image = self.pixels(index)
+        if self.load_size > self.size:
+            image = random_crop(image, self.size)
+        image = self.transform(image)
         if self.hflip and torch.rand(()) < 0.5:
             image = image.flip(-1)
         return image, self.targets[index]

@@ -5,7 +5,7 @@ Expected layout under ``dataset.root`` (the unzipped folder; the Kaggle mirror n
     <root>/CXR_png/CHNCXR_0001_0.png ... CHNCXR_0662_1.png   (suffix _0 normal, _1 tuberculosis)
 
 Split: the sorted file list, seeded and stratified by label, into MeLo's 80/10/10 sizes (529 / 67 / 66).
-Images are decoded on access; the preprocessed cache for full-size radiographs is a later addition.
+Decoding, the preprocessed cache and label fractions come from :class:`FileDataModule`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,194 @@
+"""The preprocessed image cache: every image of a split decoded and resized once, kept as one uint8
+array in a memory-mappable ``.npy`` file, so large radiographs are not decoded every epoch.
+
+An entry is a folder ``<cache_dir>/<dataset>/<split>_<size>px_<files>_<stamp>/`` holding ``images.npy``
+(N, size, size) and ``meta.json``: ``<files>`` hashes the ordered list of source paths, ``<stamp>`` their
+sizes and modification times. A changed source file gives a new stamp, so the entry is rebuilt and the
+stale one removed. Entries are built in a temp folder and renamed into place, so two jobs of a sweep that
+build the same entry at once both finish with a complete one. Nothing is written next to the sources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from src.data.image_files import ImageFileDataset, read_image
+from src.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Part of every key: bump it when decoding or resizing changes, so old entries are not reused.
+CACHE_VERSION = 1
+
+
+class DecodeJobs(Dataset):
+    """Decoding as a dataset, so that a DataLoader spreads it over worker processes: each item is
+    ``(index, pixels or None, error message)``; a bad file is reported, never raised in a worker."""
+
+    def __init__(self, paths: Sequence[Path], size: int) -> None:
+        self.paths, self.size = list(paths), size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor | None, str]:
+        try:
+            return index, read_image(self.paths[index], self.size), ""
+        except UserError as err:
+            return index, None, str(err)
+
+
+def decode_all(
+    paths: Sequence[Path],
+    size: int,
+    num_workers: int,
+    desc: str,
+    skip_bad: bool,
+    sink: Callable[[int, Tensor], None] | None = None,
+) -> list[tuple[int, str]]:
+    """Decode every file with ``num_workers`` processes, handing each image to ``sink``; returns the
+    (index, message) of unreadable files, or raises on the first one unless ``skip_bad``."""
+    loader = DataLoader(
+        DecodeJobs(paths, size),
+        batch_size=None,
+        num_workers=num_workers,
+        prefetch_factor=8 if num_workers else None,
+    )
+    bad: list[tuple[int, str]] = []
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=None, mininterval=1.0) as bar:
+        for index, pixels, error in loader:
+            if error:
+                if not skip_bad:
+                    raise UserError(f"{error} (or set dataset.on_bad_image=skip to leave such files out)")
+                bad.append((int(index), error))
+            elif sink is not None:
+                sink(int(index), pixels)
+            bar.update()
+    return bad
+
+
+def _digest(lines: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line.encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def entry_name(paths: Sequence[Path], split: str, size: int) -> tuple[str, str]:
+    """(prefix shared by every version of this file list, full name with the sources' stamp)."""
+    names = [str(Path(p).resolve()) for p in paths]
+    try:
+        stats = [os.stat(p) for p in names]
+    except FileNotFoundError as err:
+        raise UserError(f"image {err.filename} disappeared while building the cache; re-run.") from None
+    stamp = _digest([f"v{CACHE_VERSION}", *(f"{s.st_size} {s.st_mtime_ns}" for s in stats)])
+    prefix = f"{split}_{size}px_{_digest(names)}"
+    return prefix, f"{prefix}_{stamp}"
+
+
+@dataclass
+class CacheEntry:
+    """A complete entry: the ``.npy`` file and the rows (indices into the source list) that decoded."""
+
+    images: Path
+    bad: list[tuple[int, str]]
+    built: bool
+
+
+def build_or_load(
+    paths: Sequence[Path],
+    size: int,
+    cache_dir: Path,
+    dataset: str,
+    split: str,
+    num_workers: int,
+    skip_bad: bool,
+) -> CacheEntry:
+    """The cache entry of ``paths`` at ``size``: reused when current, else built (and stale ones removed)."""
+    folder = Path(cache_dir).expanduser() / dataset
+    prefix, name = entry_name(paths, split, size)
+    final = folder / name
+    if not (final / "meta.json").exists():
+        _build(paths, size, folder, final, num_workers, skip_bad, f"caching {dataset}/{split} at {size}px")
+        for stale in folder.glob(f"{prefix}_*"):
+            if stale.name != name:
+                shutil.rmtree(stale, ignore_errors=True)
+        built = True
+    else:
+        built = False
+    meta = json.loads((final / "meta.json").read_text())
+    bad = [(int(i), str(msg)) for i, msg in meta["bad"]]
+    if bad and not skip_bad:
+        raise UserError(f"{bad[0][1]} (or set dataset.on_bad_image=skip to leave such files out)")
+    return CacheEntry(final / "images.npy", bad, built)
+
+
+def _build(
+    paths: Sequence[Path],
+    size: int,
+    folder: Path,
+    final: Path,
+    num_workers: int,
+    skip_bad: bool,
+    desc: str,
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{final.name}-", suffix=".tmp"))
+    try:
+        start = time.perf_counter()
+        images = np.lib.format.open_memmap(
+            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(paths), size, size)
+        )
+
+        def write(index: int, pixels: Tensor) -> None:
+            images[index] = pixels.numpy()
+
+        bad = decode_all(paths, size, num_workers, desc, skip_bad, sink=write)
+        images.flush()
+        meta = {"version": CACHE_VERSION, "size": size, "count": len(paths), "bad": bad}
+        meta["paths"] = [str(p) for p in paths]
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            os.rename(tmp, final)  # atomic; fails if another job renamed its complete entry first
+        except OSError:
+            if not (final / "meta.json").exists():
+                raise
+        log.info(
+            "cached %d images at %dpx in %.1f s: %s", len(paths), size, time.perf_counter() - start, final
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class CachedImageDataset(ImageFileDataset):
+    """:class:`ImageFileDataset` whose pixels come from a cache entry (``rows`` index its array); the
+    memory map is opened lazily in each process, so DataLoader workers share the page cache, not copies."""
+
+    def __init__(self, images: Path, rows: Sequence[int], *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.images, self.rows = Path(images), np.asarray(rows, dtype=np.int64)
+        self._array: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}
+
+    def pixels(self, index: int) -> Tensor:
+        if self._array is None:
+            self._array = np.load(self.images, mmap_mode="r")
+        return torch.from_numpy(np.array(self._array[self.rows[index]]))
