@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError
 
@@ -71,6 +73,18 @@ def validate_config(cfg: DictConfig) -> None:
     size = cfg.backbone.get("img_size")
     if size is not None and (not isinstance(size, int) or size <= 0):
         raise UserError(f"backbone.img_size={size!r} must be a positive integer number of pixels.")
+
+
+def instantiate_user(node: DictConfig) -> Any:
+    """Hydra's ``instantiate``, but a :class:`UserError` raised by the target's constructor (a bad
+    ``dataset.name``, ``dataset.fold``...) comes out as itself, so the entry points print it as one line
+    instead of Hydra's wrapped "Error in call to target" report."""
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise
 
 
 def flatten(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, str]:

@@ -14,10 +14,9 @@ from typing import Any
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import PROJECT_ROOT
+from src.config import PROJECT_ROOT, instantiate_user
 from src.errors import UserError
 from src.models.module import ClassificationModule
 from src.summary import write_json
@@ -52,7 +51,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best") -> tuple[dict[str, f
     logged = json.loads(metrics_file.read_text())
     ckpt = find_checkpoint(run_dir, checkpoint, logged)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.dataset)
+    datamodule = instantiate_user(cfg.dataset)
     datamodule.check()
     task = Task(datamodule.task_type, datamodule.class_names, cfg.loss.label_smoothing)
     model, _ = build_model(cfg, task)

@@ -2,7 +2,9 @@
 
 * ``binary``: two logits and softmax cross-entropy (as MeLo's two-class heads); metrics on P(class 1).
 * ``multiclass``: C logits, cross-entropy, optional label smoothing.
-* ``multilabel``: C independent logits, BCE-with-logits (as MED-PEFT on NIH / CheXpert).
+* ``multilabel``: C independent logits, BCE-with-logits (as MED-PEFT on NIH / CheXpert). A NaN target marks
+  a label as unknown (CheXpert's uncertain findings under ``dataset.uncertainty=ignore``): it is left out of
+  the loss (mean over the known entries) and of every metric.
 
 AUROC is macro-averaged over classes (per class too for multilabel); the best checkpoint is picked on it.
 """
@@ -34,6 +36,8 @@ from src.errors import UserError
 
 TaskType = Literal["binary", "multiclass", "multilabel"]
 TASK_TYPES: tuple[str, ...] = ("binary", "multiclass", "multilabel")
+# The integer that unknown (NaN) multilabel targets become for the metrics, which skip it.
+IGNORE_INDEX = -1
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,18 @@ class Task:
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.type == "multilabel":
-            return F.binary_cross_entropy_with_logits(logits, target.float())
+            known = ~target.isnan()
+            total = F.binary_cross_entropy_with_logits(
+                logits, target.float().nan_to_num(0.0), weight=known.float(), reduction="sum"
+            )
+            return total / known.sum().clamp(min=1)
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+    def metric_target(self, target: Tensor) -> Tensor:
+        """Integer targets for the metrics; unknown multilabel entries (NaN) become ``IGNORE_INDEX``."""
+        if self.type == "multilabel":
+            return target.nan_to_num(IGNORE_INDEX).int()
+        return target.int()
 
     def scores(self, logits: Tensor) -> Tensor:
         """Probabilities in the form the metrics expect: P(positive) for binary, else one per class."""
@@ -97,10 +111,10 @@ class Task:
             }
         else:
             table = {
-                "auroc": MultilabelAUROC(num_labels=c, average="macro"),
-                "auroc_per_class": MultilabelAUROC(num_labels=c, average="none"),
-                "acc": MultilabelAccuracy(num_labels=c, average="micro"),
-                "f1": MultilabelF1Score(num_labels=c, average="macro"),
+                "auroc": MultilabelAUROC(num_labels=c, average="macro", ignore_index=IGNORE_INDEX),
+                "auroc_per_class": MultilabelAUROC(num_labels=c, average="none", ignore_index=IGNORE_INDEX),
+                "acc": MultilabelAccuracy(num_labels=c, average="micro", ignore_index=IGNORE_INDEX),
+                "f1": MultilabelF1Score(num_labels=c, average="macro", ignore_index=IGNORE_INDEX),
             }
         return MetricCollection(table)
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from src.adapter import class_names_json, save_adapter
-from src.config import PROJECT_ROOT, validate_config
+from src.config import PROJECT_ROOT, instantiate_user, validate_config
 from src.data.base import ClassificationDataModule
 from src.errors import UserError
 from src.models.backbone import create_backbone
@@ -86,7 +86,7 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    datamodule: ClassificationDataModule = instantiate(cfg.dataset)
+    datamodule: ClassificationDataModule = instantiate_user(cfg.dataset)
     datamodule.check()
     task = Task(datamodule.task_type, datamodule.class_names, cfg.loss.label_smoothing)
     model, strategy = build_model(cfg, task)

@@ -39,7 +39,7 @@ class ClassificationModule(L.LightningModule):
         images, target = batch
         logits = self(images)
         self.log(f"{stage}/loss", self.task.loss(logits, target), on_epoch=True, batch_size=len(images))
-        self.metrics[stage].update(self.task.scores(logits), target.int())
+        self.metrics[stage].update(self.task.scores(logits), self.task.metric_target(target))
 
     def _eval_epoch_end(self, stage: str) -> None:
         computed = self.metrics[stage].compute()
