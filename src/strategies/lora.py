@@ -104,7 +104,7 @@ def matches(name: str, targets: list[str] | str) -> bool:
     return any(name == t or name.endswith(f".{t}") for t in targets)
 
 
-def check_targets(model: nn.Module, targets: list[str] | str) -> list[str]:
+def check_targets(model: nn.Module, targets: list[str] | str, key: str = "peft.target_modules") -> list[str]:
     """The Linear layers the targets match; refuse none, listing the ones that exist (indices folded)."""
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     found = [n for n in linears if matches(n, targets)]
@@ -112,7 +112,7 @@ def check_targets(model: nn.Module, targets: list[str] | str) -> list[str]:
         return found
     folded = sorted({re.sub(r"\.\d+\.", ".N.", n) for n in linears})
     raise UserError(
-        f"peft.target_modules={targets!r} matches no Linear layer of this backbone. Available Linear names "
+        f"{key}={targets!r} matches no Linear layer of this backbone. Available Linear names "
         f"(N = block index): {', '.join(folded)}. Give suffixes such as [qkv] or [qkv, attn.proj, mlp.fc1, mlp.fc2] (a bare `proj` also hits patch_embed.proj)."
     )
 
