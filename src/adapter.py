@@ -22,8 +22,14 @@ FORMAT = "medpeft-adapter/1"
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """What ``adapter.safetensors`` stores (see :func:`adapter_tensors`), copied to the CPU."""
+    return {name: t.detach().cpu().contiguous() for name, t in adapter_tensors(model).items()}
+
+
+def adapter_tensors(model: nn.Module) -> dict[str, Tensor]:
     """The trained parameters, plus the persistent buffers of the modules that own them: those say how the
-    parameters apply (e.g. the positions of sparse delta values)."""
+    parameters apply (e.g. the positions of sparse delta values). Not copied, so a model on the meta device
+    can be sized."""
     out: dict[str, Tensor] = {}
     for prefix, module in model.named_modules():
         trained = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
@@ -35,7 +41,7 @@ def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
             if n not in module._non_persistent_buffers_set
         ]
         for name, tensor in [*trained, *persistent]:
-            out[f"{prefix}.{name}" if prefix else name] = tensor.detach().cpu().contiguous()
+            out[f"{prefix}.{name}" if prefix else name] = tensor
     return out
 
 
