@@ -15,8 +15,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src.adapter import adapter_tensors
 from src.strategies import count_parameters
 from src.tasks import Task
-from src.train import build_model
+from src.train import build_model, train
 from tests.conftest import CONF, compose_train
+from tests.test_datasets_layouts import make_rsna
 
 VIT_B = 85_798_656  # ViT-B/16 at 224 px without a head (timm's 86,567,656 minus the 1k head)
 POS_384 = (577 - 197) * 768  # the longer position embedding at 384 px
@@ -199,3 +200,25 @@ def test_medpeft_and_shpeft_tables_cover_models_datasets_fractions_strategies(
     grid = itertools.product(FOUNDATION, DATASETS, LABELS, strategies)
     keys = ("medpeft.model", "dataset", "medpeft.labels", "peft")
     assert sorted(tuple(j[k] for k in keys) for j in jobs) == sorted(grid)
+
+
+def test_medpeft_recipe_trains_end_to_end_on_a_fixture_tree(tmp_path: Path) -> None:
+    """The CXR-MAE path through Lightning (AdamW, layer decay, warm-up epochs, drop path, fc_norm trained)
+    on a tiny RSNA tree, with the pocket ViT standing in for ViT-B."""
+    root = make_rsna(tmp_path / "rsna")
+    overrides = [
+        "experiment=medpeft",
+        "medpeft.model=cxr_mae",
+        "dataset=rsna_pneumonia",
+        f"dataset.root={root}",
+    ]
+    tiny = ["backbone=tiny", "backbone.checkpoint=null", "dataset.batch_size=4", "dataset.num_workers=0"]
+    cfg = compose_train([*overrides, *tiny, "debug=fdr", "logger=none"], tmp_path)
+    assert (
+        cfg.optim.layer_decay == 0.65 and cfg.optim.warmup_epochs == 5 and cfg.peft.also_train == ["fc_norm"]
+    )
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/auroc"] <= 1.0
+    assert (
+        metrics["trainable_params"] == 4 * 192 * 32 * 4 + 2 * 192 + 2 * 192 + 2
+    )  # q/v LoRA r32, fc_norm, head
