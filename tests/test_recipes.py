@@ -13,6 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.adapter import adapter_tensors
+from src.config import PROJECT_ROOT, validate_config
+from src.errors import UserError
 from src.strategies import count_parameters
 from src.tasks import Task
 from src.train import build_model, train
@@ -212,7 +214,8 @@ def test_medpeft_recipe_trains_end_to_end_on_a_fixture_tree(tmp_path: Path) -> N
         "dataset=rsna_pneumonia",
         f"dataset.root={root}",
     ]
-    tiny = ["backbone=tiny", "backbone.checkpoint=null", "dataset.batch_size=4", "dataset.num_workers=0"]
+    pocket = f"backbone.checkpoint={PROJECT_ROOT}/weights/pocket_tiny.safetensors"
+    tiny = ["backbone=tiny", pocket, "dataset.batch_size=4", "dataset.num_workers=0"]
     cfg = compose_train([*overrides, *tiny, "debug=fdr", "logger=none"], tmp_path)
     assert (
         cfg.optim.layer_decay == 0.65 and cfg.optim.warmup_epochs == 5 and cfg.peft.also_train == ["fc_norm"]
@@ -222,3 +225,19 @@ def test_medpeft_recipe_trains_end_to_end_on_a_fixture_tree(tmp_path: Path) -> N
     assert (
         metrics["trainable_params"] == 4 * 192 * 32 * 4 + 2 * 192 + 2 * 192 + 2
     )  # q/v LoRA r32, fc_norm, head
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["experiment=melo"], r"backbone\.pretrained=true .* or backbone\.checkpoint=PATH"),
+        (["experiment=medpeft", "backbone.checkpoint=null"], r"would start from random ones"),
+        (["experiment=melo", "dataset=chexpert"], r"melo\.chexpert' not found"),
+        (["experiment=medpeft", "medpeft.labels=5pct"], r"nih_cxr14\.5pct' not found"),
+    ],
+)
+def test_recipes_refuse_random_weights_and_uncovered_settings(
+    overrides: list[str], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(UserError, match=message):
+        validate_config(compose_train(overrides, tmp_path))
