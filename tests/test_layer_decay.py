@@ -75,7 +75,7 @@ def test_warmup_epochs_replace_the_fraction() -> None:
 
 def test_drop_path_from_the_backbone_config_is_active_only_in_training(tmp_path: Path) -> None:
     cfg = compose_train(
-        ["backbone.kwargs.drop_path_rate=0.5", "backbone.checkpoint=null", "peft=full"], tmp_path
+        ["+backbone.kwargs.drop_path_rate=0.5", "backbone.checkpoint=null", "peft=full"], tmp_path
     )
     model, _ = build_model(cfg, task=type("T", (), {"num_outputs": 2})())
     assert model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.5)  # timm: linear in depth up to the rate
@@ -89,6 +89,6 @@ def test_drop_path_from_the_backbone_config_is_active_only_in_training(tmp_path:
 
 def test_a_run_trains_with_layer_decay_warmup_epochs_and_drop_path(make_cfg) -> None:
     cfg = make_cfg(
-        "optim.layer_decay=0.65", "optim.warmup_epochs=1", "backbone.kwargs.drop_path_rate=0.1", "debug=fdr"
+        "optim.layer_decay=0.65", "optim.warmup_epochs=1", "+backbone.kwargs.drop_path_rate=0.1", "debug=fdr"
     )
     assert 0.0 <= train(cfg)["test/auroc"] <= 1.0
