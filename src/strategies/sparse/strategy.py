@@ -118,7 +118,7 @@ class Sparse(Strategy):
         if self.selection == "per_neuron":
             check_per_neuron([tuple(b.weight.shape) for b in bases], k)
         freeze(model)
-        delta = SparseDelta([b.weight.numel() for b in bases], k)
+        delta = SparseDelta([tuple(b.weight.shape) for b in bases], k)
         for slot, (name, base) in enumerate(zip(names, bases, strict=True)):
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, SparseLinear(base, delta, slot))
