@@ -85,6 +85,15 @@ def test_rank_budget_is_loras_count(rank: int) -> None:
     assert sparse.sparse_delta.values.numel() == count_parameters(lora)[0] - head
 
 
+@pytest.mark.parametrize("rank", [1, 16])
+def test_composed_sparse_config_matches_loras_count(rank: int, make_cfg) -> None:
+    """`-m peft=lora,sparse rank=...` is parameter-matched out of the box (tiny: 4 blocks)."""
+    task = Task("binary", ("normal", "opacity"))
+    lora, _ = build_model(make_cfg("peft=lora", f"rank={rank}"), task)
+    sparse, _ = build_model(make_cfg("peft=sparse", f"rank={rank}"), task)
+    assert count_parameters(sparse)[0] == count_parameters(lora)[0] == 4 * rank * (192 + 576) + 2 * 192 + 2
+
+
 def test_rank_budget_on_vit_base_is_147456() -> None:
     with torch.device("meta"):
         model = timm.create_model("vit_base_patch16_224", num_classes=2)

@@ -52,7 +52,7 @@ def rank_budget(model: nn.Module, rank: int, targets: list[str] | str) -> int:
 @dataclass
 class Sparse(Strategy):
     name: str = "sparse"
-    budget: float | str = 0.0001
+    budget: float | str = "rank"
     rank: int = 4
     rank_targets: list[str] | str = field(default_factory=lambda: ["qkv"])
     eligible: list[str] | str = field(default_factory=lambda: ["qkv", "attn.proj", "mlp.fc1", "mlp.fc2"])
