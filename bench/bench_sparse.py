@@ -8,15 +8,16 @@ ViT-S/16 at 224 px, batch 16, random weights (nothing downloaded), AdamW, synthe
 * ``dense_mask``     GPS-style: the eligible weights train densely, their gradient is masked to the same
                      73,728 entries before the optimizer step (full weight gradients and AdamW state).
 
-Each arm runs in its own process (so peak memory is its own), arms alternate over ``--reps`` rounds so drift
-on a shared machine hits all of them; the step time is the median over timed steps and rounds. Peak memory:
+Step time: all four arms in one process, one step of each in turn (rotating the order) after a warm-up step,
+so load from other jobs on a shared machine hits all arms alike; the median over ``--steps`` rounds.
+Peak memory: each arm in its own process (so the peak is its own), over two steps;
 on CUDA ``torch.cuda.max_memory_allocated`` minus the allocation before the first step; on CPU the peak
 resident set size (Linux VmHWM, reset through /proc/self/clear_refs) minus the RSS before the first step —
 process RSS, so it also counts allocator caching. The importance pass (grad_abs + magnitude, mix 0.5,
 ``--importance-batches`` batches) is timed once and compared with as many sparse_rank steps.
 Goals: sparse step <= 1.2x LoRA and <= 0.7x dense-mask; peak memory <= 1.1x LoRA; importance <= 16 steps.
 
-    python bench/bench_sparse.py [--device cpu|cuda] [--steps 2] [--reps 2] [--importance-batches 16]
+    python bench/bench_sparse.py [--device cpu|cuda] [--steps 4] [--importance-batches 16]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -110,41 +111,61 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_arm(arm: str, device: torch.device, steps: int, warmup: int, batch_size: int) -> dict:
-    model, masks = build(arm, device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
-    images, target = batch(device, batch_size, seed=1)
+class ArmRun:
+    """One arm's model, optimizer and masks; ``step()`` runs and times one training step."""
+
+    def __init__(self, arm: str, device: torch.device, batch_size: int) -> None:
+        self.arm, self.device = arm, device
+        self.model, self.masks = build(arm, device)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-3, weight_decay=0.0)
+        self.images, self.target = batch(device, batch_size, seed=1)
+
+    def step(self) -> float:
+        sync(self.device)
+        start = time.perf_counter()
+        loss = F.cross_entropy(self.model(self.images), self.target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for weight, mask in self.masks:  # GPS: full weight gradient, masked before the step
+            weight.grad.mul_(mask)
+        self.optimizer.step()
+        loss.item()
+        sync(self.device)
+        return time.perf_counter() - start
+
+    def optimizer_state_bytes(self) -> int:
+        states = self.optimizer.state.values()
+        return sum(t.numel() * t.element_size() for s in states for t in s.values() if torch.is_tensor(t))
+
+
+def run_memory(arm: str, device: torch.device, batch_size: int) -> dict:
+    """Child process: peak memory over two steps (the first allocates the optimizer state)."""
+    run = ArmRun(arm, device, batch_size)
     memory = PeakMemory(device)
     memory.start()
-    times = []
-    for step in range(warmup + steps):
-        sync(device)
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(images), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for weight, mask in masks:  # GPS: full weight gradient, masked before the step
-            weight.grad.mul_(mask)
-        optimizer.step()
-        loss.item()
-        sync(device)
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-    state = sum(
-        t.numel() * t.element_size()
-        for s in optimizer.state.values()
-        for t in s.values()
-        if torch.is_tensor(t)
-    )
+    run.step()
+    run.step()
     return {
         "arm": arm,
-        "times": times,
         "peak_bytes": memory.peak(),
-        "trainable": sum(p.numel() for p in params),
-        "optimizer_state_bytes": state,
+        "trainable": sum(p.numel() for p in run.params),
+        "optimizer_state_bytes": run.optimizer_state_bytes(),
     }
+
+
+def run_times(device: torch.device, steps: int, batch_size: int) -> dict[str, list[float]]:
+    """All arms in this process, one step of each in turn (rotating the order), so load hits all alike."""
+    runs = {arm: ArmRun(arm, device, batch_size) for arm in ARMS}
+    for run in runs.values():
+        run.step()  # warm-up: lazy initialisation, optimizer state
+    times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    for i in range(steps):
+        for arm in ARMS[i % len(ARMS) :] + ARMS[: i % len(ARMS)]:
+            times[arm].append(runs[arm].step())
+        print(f"round {i + 1}: " + ", ".join(f"{a} {times[a][-1]:.2f} s" for a in ARMS), flush=True)
+    return times
 
 
 def run_importance(device: torch.device, batches: int, batch_size: int) -> dict:
@@ -161,18 +182,18 @@ def run_importance(device: torch.device, batches: int, batch_size: int) -> dict:
     return {"arm": "importance", "seconds": time.perf_counter() - start, "batches": batches}
 
 
-def child(args: argparse.Namespace) -> dict:
-    """Spawn this script for one arm and read its JSON line."""
-    cmd = [sys.executable, __file__, "--child", args.child_arm, "--device", args.device]
-    cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch)]
-    cmd += ["--importance-batches", str(args.importance_batches)]
+def child(arm: str, args: argparse.Namespace) -> dict:
+    """Run this script for one arm's memory in a fresh process and read its JSON line."""
+    cmd = [sys.executable, __file__, "--child", arm, "--device", args.device, "--batch", str(args.batch)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def table(results: dict[str, list[dict]], importance: dict, args: argparse.Namespace) -> str:
-    step = {a: statistics.median(t for r in results[a] for t in r["times"]) for a in ARMS}
-    peak = {a: statistics.median(r["peak_bytes"] for r in results[a]) for a in ARMS}
+def table(
+    memory: dict[str, dict], times: dict[str, list[float]], importance: dict, args: argparse.Namespace
+) -> str:
+    step = {a: statistics.median(times[a]) for a in ARMS}
+    peak = {a: memory[a]["peak_bytes"] for a in ARMS}
     mb = 1e6
     memory_kind = "torch.cuda.max_memory_allocated" if args.device == "cuda" else "peak RSS (VmHWM) increase"
     rows = [
@@ -181,7 +202,7 @@ def table(results: dict[str, list[dict]], importance: dict, args: argparse.Names
         "|---|---|---|---|---|---|---|---|",
     ]
     for a in ARMS:
-        r = results[a][0]
+        r = memory[a]
         rows.append(
             f"| {a} | {r['trainable']:,} | {1000 * step[a]:.0f} | {step[a] / step['lora_r4']:.2f} | "
             f"{step[a] / step['dense_mask']:.2f} | {peak[a] / mb:.0f} | {peak[a] / peak['lora_r4']:.2f} | "
@@ -204,12 +225,12 @@ def table(results: dict[str, list[dict]], importance: dict, args: argparse.Names
     head = [
         "# peft=sparse: step time, peak memory, importance pass",
         "",
-        f"`python bench/bench_sparse.py --device {args.device} --steps {args.steps} --reps {args.reps} "
-        f"--importance-batches {args.importance_batches}` — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {device}, "
+        f"`python bench/bench_sparse.py --device {args.device} --steps {args.steps} "
+        f"--importance-batches {args.importance_batches}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {device}, "
         f"torch {torch.__version__}, {platform.machine()}.",
-        f"{MODEL} at {IMG} px, batch {args.batch}, fp32, AdamW, random weights; each arm in its own process, "
-        f"arms alternating over {args.reps} rounds, {args.warmup} warm-up + {args.steps} timed steps each; "
-        "medians.",
+        f"{MODEL} at {IMG} px, batch {args.batch}, fp32, AdamW, random weights. Step time: median of "
+        f"{args.steps} rounds of one step per arm in turn (one process, after a warm-up step each); "
+        "peak memory: each arm in its own process over two steps.",
         "",
     ]
     return "\n".join([*head, *rows, "", *goals, ""])
@@ -222,31 +243,24 @@ def main() -> None:
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
     )
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--importance-batches", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sparse.md")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
-    if args.child == "importance":
-        print(json.dumps(run_importance(device, args.importance_batches, args.batch)), flush=True)
-        return
     if args.child:
-        print(json.dumps(run_arm(args.child, device, args.steps, args.warmup, args.batch)), flush=True)
+        print(json.dumps(run_memory(args.child, device, args.batch)), flush=True)
         return
-    results: dict[str, list[dict]] = {a: [] for a in ARMS}
-    for rep in range(args.reps):
-        for arm in ARMS if rep % 2 == 0 else reversed(ARMS):
-            args.child_arm = arm
-            results[arm].append(child(args))
-            print(f"round {rep + 1} {arm}: {[round(t, 3) for t in results[arm][-1]['times']]} s", flush=True)
-    args.child_arm = "importance"
-    importance = child(args)
+    memory = {}
+    for arm in ARMS:
+        memory[arm] = child(arm, args)
+        print(f"{arm}: peak {memory[arm]['peak_bytes'] / 1e6:.0f} MB", flush=True)
+    times = run_times(device, args.steps, args.batch)
+    importance = run_importance(device, args.importance_batches, args.batch)
     print(f"importance: {importance['seconds']:.1f} s", flush=True)
-    text = table(results, importance, args)
+    text = table(memory, times, importance, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text, flush=True)
