@@ -82,7 +82,7 @@ def test_two_jobs_building_the_same_entry_at_once_both_get_it(tmp_path: Path) ->
     # The job that finishes second finds the entry in place: it drops its own copy without an error.
     final = Path(got[0]).parent
     stamp = final.stat().st_mtime_ns
-    _build(paths, 32, final.parent, final, 0, False, "again")
+    _build(paths, 32, final, 0, False, "again")
     assert final.stat().st_mtime_ns == stamp and len(list(final.parent.iterdir())) == 1
     assert entry_name(paths, "train", 32)[1] == final.name
 
@@ -121,3 +121,17 @@ def test_skip_leaves_bad_images_out(tmp_path: Path, cache: bool) -> None:
         ds = dm.datasets[split]
         assert bad not in ds.paths and ds.paths == dm.splits[split].paths
         assert all(torch.equal(ds.pixels(i), read_image(p, 32)) for i, p in enumerate(ds.paths))
+    if cache:  # the entry remembers its bad file: a later run with on_bad_image=error still stops on it
+        with pytest.raises(UserError, match=r"CHNCXR_0003_1\.png"):
+            shenzhen(root, tmp_path / "cache")
+    with pytest.raises(UserError, match=r"disappeared"):
+        entry_name([bad.with_name("gone.png")], "train", 32)
+
+
+def test_a_split_with_no_readable_image_is_an_error(tmp_path: Path) -> None:
+    root = make_shenzhen(tmp_path / "sz", n=6)
+    for p in (root / "CXR_png").iterdir():
+        p.write_bytes(b"not a png")
+    dm = ShenzhenCXRDataModule(class_names=NAMES, **{**COMMON, "root": str(root)}, on_bad_image="skip")
+    with pytest.raises(UserError, match=r"every image of the train split is unreadable"):
+        dm.setup()

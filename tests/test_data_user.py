@@ -120,6 +120,51 @@ def test_csv_single_label_classes_and_mistakes(tmp_path: Path) -> None:
         CSVDataModule(**{**COMMON, "root": str(tmp_path)}, csv="t.csv", label_columns=["diagnosis"]).check()
     with pytest.raises(UserError, match=r"label file \(dataset.csv\) .*nope\.csv not found"):
         CSVDataModule(**{**COMMON, "root": str(tmp_path)}, csv="nope.csv").check()
+    with pytest.raises(UserError, match=r"dataset\.csv is not set"):
+        CSVDataModule(**{**COMMON, "root": None}).check()
     table.write_text("path,a,b\nimg/0.png,1,maybe\n")
     with pytest.raises(UserError, match=r"column b, row img/0.png: 'maybe' is not 1 or 0"):
         CSVDataModule(**{**COMMON, "root": str(tmp_path)}, csv="t.csv", label_columns=["a", "b"]).check()
+
+
+@pytest.mark.parametrize(
+    ("table", "kw", "message"),
+    [
+        ("path,y,s\nimg/0.png,a,val\nimg/1.png,b,test\n", {"split_column": "s"}, r"no row as train"),
+        ("path,y,s\nimg/0.png,a,train\nimg/1.png,b,later\n", {"split_column": "s"}, r"'later' is not train"),
+        ("path,y\nimg/0.png,a\nimg/1.png,a\n", {}, r"column y of .* has 1 class"),
+        ("path,y\nimg/0.png,a\nimg/1.png,c\n", {"class_names": ["a", "b"]}, r"holds \['c'\]"),
+        ("path,y\n", {}, r"has no rows"),
+        ("path,y\nimg/0.png,a\nimg/1.png,b\n", {"label_columns": []}, r"dataset\.label_columns is empty"),
+        ("path,y\nimg/0.png,a\nimg/1.png,b\n", {"split_fractions": [0.5, 0.5]}, r"dataset\.split_fractions"),
+        (
+            "path,y\nimg/0.png,a\nimg/1.png,b\n",
+            {},
+            r"2 training images cannot be cut into train, val and test",
+        ),
+    ],
+)
+def test_csv_mistakes_are_named(tmp_path: Path, table: str, kw: dict, message: str) -> None:
+    write_images(tmp_path / "img", ["0.png", "1.png"])
+    (tmp_path / "t.csv").write_text(table)
+    kw = {"label_columns": ["y"], **kw}
+    with pytest.raises(UserError, match=message):
+        CSVDataModule(**{**COMMON, "root": str(tmp_path)}, csv="t.csv", **kw).check()
+
+
+def test_image_folder_mistakes_are_named(tmp_path: Path) -> None:
+    def check(root: Path) -> None:
+        ImageFolderDataModule(**{**COMMON, "root": str(root)}).check()
+
+    write_images(tmp_path / "one" / "only", ["0.png"])
+    with pytest.raises(UserError, match=r"1 class folder\(s\).*need at least 2"):
+        check(tmp_path / "one")
+    write_images(tmp_path / "nosplit" / "val" / "a", ["0.png"])
+    with pytest.raises(UserError, match=r"has val but no train folder"):
+        check(tmp_path / "nosplit")
+    for c in ("a", "b"):
+        write_images(tmp_path / "empty" / "train" / c, ["0.png", "1.png", "2.png"])
+        write_images(tmp_path / "empty" / "test" / c, ["0.png"])
+    (tmp_path / "empty" / "val" / "a").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"no images for the val split"):
+        check(tmp_path / "empty")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from src.data.files import check_labels_match
 from src.data.splits import label_fraction_indices
 from src.data.sz_cxr import ShenzhenCXRDataModule
 from src.errors import UserError
@@ -45,9 +46,13 @@ def test_multilabel_keeps_label_prevalence_and_patients_together() -> None:
 
 
 def test_label_fraction_is_validated(tmp_path: Path) -> None:
-    for bad in (0, 1.5, -0.1, "half"):
+    root = make_shenzhen(tmp_path / "sz", n=6)
+    for bad in (0, 1.5, -0.1, "half", True):
+        dm = ShenzhenCXRDataModule(
+            label_fraction=bad, class_names=["n", "tb"], **{**COMMON, "root": str(root)}
+        )
         with pytest.raises(UserError, match=r"dataset\.label_fraction"):
-            ShenzhenCXRDataModule(label_fraction=bad, class_names=["n", "tb"], **COMMON)
+            dm.check()
 
 
 def test_run_records_the_fraction_files_sizes_and_skipped_images(tmp_path: Path) -> None:
@@ -72,3 +77,26 @@ def test_run_records_the_fraction_files_sizes_and_skipped_images(tmp_path: Path)
     assert sorted(int(name[-5]) for name in listed) == [0] * 4 + [1] * 4  # stratified
     assert (run / "skipped_images.txt").read_text().startswith(f"CXR_png/{bad.name}\t")
     assert json.loads((run / "metrics.json").read_text())["data/label_fraction"] == 0.25
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("on_bad_image", "ignore"), ("crop_margin", 2.0), ("crop_margin", True), ("cache_dir", None)],
+)
+def test_shared_keys_are_validated(tmp_path: Path, key: str, value: object) -> None:
+    root = make_shenzhen(tmp_path / "sz", n=6)
+    dm = ShenzhenCXRDataModule(
+        class_names=["n", "tb"], **{**COMMON, "root": str(root)}, cache=True, **{key: value}
+    )
+    with pytest.raises(UserError, match=rf"dataset\.{key}"):
+        dm.check()
+
+
+def test_check_labels_match_lists_the_first_mismatches() -> None:
+    check_labels_match(["a", "b"], ["a", "b", "extra"], "labels.csv", "images/")  # extra files are fine
+    with pytest.raises(UserError, match=r"1 files in images/ have no label in labels\.csv \(first: extra\)"):
+        check_labels_match(["a"], ["a", "extra"], "labels.csv", "images/", allow_unlabelled_files=False)
+    check_labels_match(["a", "gone"], ["a"], "labels.csv", "images/", allow_missing_files=True)
+    names = [f"x{i}" for i in range(9)]
+    with pytest.raises(UserError, match=r"9 labelled in labels\.csv have no file .*x0, x1, x2, x3, x4\)"):
+        check_labels_match(names, [], "labels.csv", "images/")

@@ -19,8 +19,8 @@ from src.merge import merge_adapters, unmerge_adapters
 from src.models.backbone import create_backbone
 from src.strategies import count_parameters
 from src.strategies.lora import LoRA
-from src.strategies.sparse import Sparse, delta
-from src.strategies.sparse.delta import SparseDeltaLinearFn
+from src.strategies.sparse import Sparse
+from src.strategies.sparse.delta import SparseDeltaLinearFn, csr_pattern
 from src.strategies.sparse.importance import agnostic_importance, hybrid, task_importance
 from src.strategies.sparse.selection import select
 from src.strategies.sparse.strategy import rank_budget, sparse_layers
@@ -85,24 +85,34 @@ def test_rank_budget_is_loras_count(rank: int) -> None:
     assert sparse.sparse_delta.values.numel() == count_parameters(lora)[0] - head
 
 
+@pytest.mark.parametrize("rank", [1, 16])
+def test_composed_sparse_config_matches_loras_count(rank: int, make_cfg) -> None:
+    """`-m peft=lora,sparse rank=...` is parameter-matched out of the box (tiny: 4 blocks)."""
+    task = Task("binary", ("normal", "opacity"))
+    lora, _ = build_model(make_cfg("peft=lora", f"rank={rank}"), task)
+    sparse, _ = build_model(make_cfg("peft=sparse", f"rank={rank}"), task)
+    assert count_parameters(sparse)[0] == count_parameters(lora)[0] == 4 * rank * (192 + 576) + 2 * 192 + 2
+
+
 def test_rank_budget_on_vit_base_is_147456() -> None:
     with torch.device("meta"):
         model = timm.create_model("vit_base_patch16_224", num_classes=2)
     assert rank_budget(model, 4, ["qkv"]) == 147_456
 
 
-@pytest.mark.parametrize("chunk", [1 << 22, 5])
-def test_delta_gradient_is_the_dense_gradient_gathered(chunk: int, monkeypatch) -> None:
-    monkeypatch.setattr(delta, "CHUNK_ELEMENTS", chunk)
+@pytest.mark.parametrize("index", [[0, 3, 9, 20, 41], [7, 8, 9, 10, 11, 12]], ids=["spread", "one_row"])
+def test_delta_gradient_is_the_dense_gradient_gathered(index: list[int]) -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 5, 7, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(6, 7, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
-    index = torch.tensor([0, 3, 9, 20, 41])
-    values = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor(index)  # positions in the 6 x 7 weight; "one_row" leaves rows 0 and 2-5 empty
+    values = torch.randn(len(index), dtype=torch.float64, requires_grad=True)
+    crow, col = csr_pattern(index, (6, 7))
+    args = (x, weight, bias, values, index, crow, col)
     target = torch.randn(2, 5, 6, dtype=torch.float64)
 
-    (SparseDeltaLinearFn.apply(x, weight, bias, values, index) * target).sum().backward()
+    (SparseDeltaLinearFn.apply(*args) * target).sum().backward()
     got = [t.grad.clone() for t in (x, weight, bias, values)]
     for t in (x, weight, bias, values):
         t.grad = None
@@ -111,7 +121,7 @@ def test_delta_gradient_is_the_dense_gradient_gathered(chunk: int, monkeypatch) 
     for mine, reference in zip(got, (x.grad, weight.grad, bias.grad, values.grad), strict=True):
         torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(values.grad, weight.grad.flatten()[index], rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(SparseDeltaLinearFn.apply, (x, weight, bias, values, index))
+    assert torch.autograd.gradcheck(SparseDeltaLinearFn.apply, args)
 
 
 def test_training_computes_no_dense_weight_gradient() -> None:

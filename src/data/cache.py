@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from src.atomic import atomic_directory
 from src.data.image_files import ImageFileDataset, read_image
 from src.errors import UserError
 
@@ -125,7 +125,7 @@ def build_or_load(
     prefix, name = entry_name(paths, split, size)
     final = folder / name
     if not (final / "meta.json").exists():
-        _build(paths, size, folder, final, num_workers, skip_bad, f"caching {dataset}/{split} at {size}px")
+        _build(paths, size, final, num_workers, skip_bad, f"caching {dataset}/{split} at {size}px")
         for stale in folder.glob(f"{prefix}_*"):
             if stale.name != name:
                 shutil.rmtree(stale, ignore_errors=True)
@@ -142,16 +142,13 @@ def build_or_load(
 def _build(
     paths: Sequence[Path],
     size: int,
-    folder: Path,
     final: Path,
     num_workers: int,
     skip_bad: bool,
     desc: str,
 ) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{final.name}-", suffix=".tmp"))
-    try:
-        start = time.perf_counter()
+    start = time.perf_counter()
+    with atomic_directory(final) as tmp:
         images = np.lib.format.open_memmap(
             tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(paths), size, size)
         )
@@ -164,16 +161,7 @@ def _build(
         meta = {"version": CACHE_VERSION, "size": size, "count": len(paths), "bad": bad}
         meta["paths"] = [str(p) for p in paths]
         (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.rename(tmp, final)  # atomic; fails if another job renamed its complete entry first
-        except OSError:
-            if not (final / "meta.json").exists():
-                raise
-        log.info(
-            "cached %d images at %dpx in %.1f s: %s", len(paths), size, time.perf_counter() - start, final
-        )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("cached %d images at %dpx in %.1f s: %s", len(paths), size, time.perf_counter() - start, final)
 
 
 class CachedImageDataset(ImageFileDataset):

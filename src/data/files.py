@@ -110,7 +110,10 @@ def complete_splits(
     pool = parts["train"]
     shares = [fractions[0], *(fractions[SPLITS.index(s)] for s in missing)]
     if len(pool) < len(shares):
-        raise UserError(f"{len(pool)} training images cannot be split into {', '.join(SPLITS)}.")
+        raise UserError(
+            f"{len(pool)} training images cannot be cut into train, {' and '.join(missing)}; add images "
+            "or provide the missing split."
+        )
     cut = split_by_fractions(pool.targets.numpy(), shares, seed, pool.groups)
     return {**parts, **{s: pool.subset(idx) for s, idx in zip(["train", *missing], cut, strict=True)}}
 
@@ -142,28 +145,31 @@ class FileDataModule(ClassificationDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if on_bad_image not in ("error", "skip"):
-            raise UserError(f"dataset.on_bad_image={on_bad_image!r} must be error or skip.")
-        if not isinstance(crop_margin, (int, float)) or not 0 <= crop_margin <= 1:
-            raise UserError(
-                f"dataset.crop_margin={crop_margin!r} must be in [0, 1]: training images are loaded that "
-                "share larger than the training resolution and randomly cropped back (0 = no crop)."
-            )
-        if cache and not cache_dir:
-            raise UserError("dataset.cache=true needs dataset.cache_dir (default ${paths.data_dir}/cache).")
-        self.cache, self.cache_dir = bool(cache), cache_dir
-        self.crop_margin, self.skip_bad = float(crop_margin), on_bad_image == "skip"
+        self.label_fraction, self.label_fraction_seed = label_fraction, label_fraction_seed
+        self.cache, self.cache_dir, self.crop_margin = cache, cache_dir, crop_margin
+        self.on_bad_image = on_bad_image
         self.bad_images: list[tuple[Path, str]] = []
-        if isinstance(label_fraction, bool) or not isinstance(label_fraction, (int, float)):
-            label_fraction = float("nan")
-        if not 0 < label_fraction <= 1:
-            raise UserError(
-                f"dataset.label_fraction={label_fraction} must be in (0, 1]: the share of the training split "
-                "to train on, e.g. dataset.label_fraction=0.01 for 1 %, 1.0 for all of it."
-            )
-        self.label_fraction, self.label_fraction_seed = float(label_fraction), label_fraction_seed
         self.splits: dict[str, FileSplit] = {}
         self.full_train_size = 0
+
+    def validate(self) -> None:
+        """The shared keys, checked in :meth:`check` (inside the entry points' one-line error handling)."""
+        fraction = self.label_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise UserError(
+                f"dataset.label_fraction={fraction!r} must be in (0, 1]: the share of the training split "
+                "to train on, e.g. dataset.label_fraction=0.01 for 1 %, 1.0 for all of it."
+            )
+        if self.on_bad_image not in ("error", "skip"):
+            raise UserError(f"dataset.on_bad_image={self.on_bad_image!r} must be error or skip.")
+        margin = self.crop_margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
+            raise UserError(
+                f"dataset.crop_margin={margin!r} must be in [0, 1]: training images are loaded that share "
+                "larger than the training resolution and randomly cropped back (0 = no crop)."
+            )
+        if self.cache and not self.cache_dir:
+            raise UserError("dataset.cache=true needs dataset.cache_dir (default ${paths.data_dir}/cache).")
 
     @abstractmethod
     def index(self, root: Path) -> dict[str, FileSplit]:
@@ -180,6 +186,7 @@ class FileDataModule(ClassificationDataModule):
     def check(self) -> None:
         if self.splits:
             return
+        self.validate()
         if self.root is None:
             raise UserError(f"dataset.root is not set. Expected layout: {self.LAYOUT}.")
         root = Path(self.root).expanduser()
@@ -227,10 +234,10 @@ class FileDataModule(ClassificationDataModule):
                     "written. Point dataset.cache_dir elsewhere (default ${paths.data_dir}/cache)."
                 )
             entry = build_or_load(
-                part.paths, size, cache_dir, self.name, split, self.num_workers, self.skip_bad
+                part.paths, size, cache_dir, self.name, split, self.num_workers, self.on_bad_image == "skip"
             )
             bad = entry.bad
-        elif self.skip_bad:
+        elif self.on_bad_image == "skip":
             bad = decode_all(part.paths, size, self.num_workers, f"checking {self.name}/{split}", True)
         else:
             bad = []

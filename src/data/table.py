@@ -41,25 +41,27 @@ class CSVDataModule(FileDataModule):
         root: str | None = None,
         **kwargs,
     ) -> None:
-        if not csv:
-            raise UserError("dataset.csv is not set: pass dataset.csv=/path/to/labels.csv.")
-        table = Path(csv).expanduser()
-        if not table.is_absolute() and root is not None:
+        table = Path(csv or "").expanduser()
+        if csv and not table.is_absolute() and root is not None:
             table = Path(root).expanduser() / table
-        if isinstance(label_columns, str):
-            label_columns = [label_columns]
-        if not label_columns:
-            raise UserError("dataset.label_columns is empty: name the column(s) holding the labels.")
+        label_columns = [label_columns] if isinstance(label_columns, str) else list(label_columns)
         multilabel = len(label_columns) > 1
         super().__init__(
             task="multilabel" if multilabel else "multiclass",
-            class_names=list(label_columns) if multilabel else class_names or (),
-            root=root if root is not None else str(table.parent),
+            class_names=label_columns if multilabel else class_names or (),
+            root=root if root is not None or not csv else str(table.parent),
             **kwargs,
         )
-        self.table, self.path_column, self.label_columns = table, path_column, list(label_columns)
+        self.csv, self.table, self.path_column, self.label_columns = csv, table, path_column, label_columns
         self.split_column, self.group_column = split_column, group_column
         self.seed, self.split_fractions = seed, tuple(split_fractions)
+
+    def check(self) -> None:
+        if not self.csv:
+            raise UserError("dataset.csv is not set: pass dataset.csv=/path/to/labels.csv.")
+        if not self.label_columns:
+            raise UserError("dataset.label_columns is empty: name the column(s) holding the labels.")
+        super().check()
 
     def read_rows(self) -> list[dict[str, str]]:
         self.require(self.table, "label file (dataset.csv)")

@@ -10,9 +10,10 @@ With ``G = dL/dy`` and the inputs ``X`` flattened to N rows (N = batch x tokens)
     dL/dx   = G W'                               (as a plain Linear)
     dL/dv_i = sum_n G[n, r_i] X[n, c_i]          (the dense gradient G^T X gathered at (r_i, c_i))
 
-:class:`SparseDeltaLinearFn` computes the second line directly, as k dot products of length N over gathered
-rows of ``G^T`` and ``X^T`` (chunked to bound the temporary memory), so the dense (out x in) weight
-gradient is never formed and the frozen weight gets no gradient and no optimizer state. Only when the weight
+:class:`SparseDeltaLinearFn` computes the second line directly, as k dot products of length N, with torch's
+sampled dense-dense matmul (``torch.sparse.sampled_addmm``, G^T X evaluated at the CSR pattern of the
+selection only): the dense (out x in) weight gradient is never formed, and the frozen weight gets no
+gradient and no optimizer state. Only when the weight
 itself requires grad (the importance pass before training) is the dense ``G^T X`` returned for it.
 
 All values of every adapted matrix live in one flat :class:`SparseDelta` (``values`` and an int32
@@ -23,6 +24,7 @@ adapter file fills in which entries they are.
 
 from __future__ import annotations
 
+import warnings
 from itertools import pairwise
 from typing import Any
 
@@ -30,25 +32,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Elements per gathered (chunk x N) block in the backward pass: 4 M floats = 16 MB per operand.
-CHUNK_ELEMENTS = 1 << 22
-
 
 def merged_weight(weight: Tensor, values: Tensor, index: Tensor) -> Tensor:
     """W + S(v) out of place: unselected entries are copied bit for bit."""
     return weight.flatten().index_add(0, index, values.to(weight.dtype)).view_as(weight)
 
 
-def gathered_gradient(grad_out: Tensor, inputs: Tensor, index: Tensor, in_features: int) -> Tensor:
-    """(G^T X)[r_i, c_i] for every i without forming G^T X; G is (N x out), X is (N x in)."""
-    g_t, x_t = grad_out.t().contiguous(), inputs.t().contiguous()
-    rows, cols = index // in_features, index % in_features
-    chunk = max(1, CHUNK_ELEMENTS // max(1, g_t.shape[1]))
-    out = torch.empty(index.numel(), dtype=grad_out.dtype, device=grad_out.device)
-    for start in range(0, index.numel(), chunk):
-        r, c = rows[start : start + chunk], cols[start : start + chunk]
-        out[start : start + chunk] = torch.bmm(g_t[r].unsqueeze(1), x_t[c].unsqueeze(2)).view(-1)
-    return out
+def csr_pattern(index: Tensor, shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """(crow_indices, col_indices) of the sorted row-major positions ``index`` in an (out x in) matrix."""
+    rows, width = shape
+    crow = torch.zeros(rows + 1, dtype=torch.long, device=index.device)
+    crow[1:] = torch.bincount(index // width, minlength=rows).cumsum(0)
+    return crow, index % width
+
+
+def gathered_gradient(
+    grad_out: Tensor, inputs: Tensor, crow: Tensor, col: Tensor, shape: tuple[int, int]
+) -> Tensor:
+    """(G^T X) at the CSR pattern without forming G^T X: torch's sampled dense-dense matmul (SDDMM)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        pattern = torch.sparse_csr_tensor(
+            crow,
+            col,
+            torch.zeros(col.numel(), dtype=grad_out.dtype, device=grad_out.device),
+            size=shape,
+            check_invariants=False,
+        )
+        return torch.sparse.sampled_addmm(pattern, grad_out.t(), inputs, beta=0.0).values()
 
 
 class SparseDeltaLinearFn(torch.autograd.Function):
@@ -56,16 +67,23 @@ class SparseDeltaLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, values: Tensor, index: Tensor
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        values: Tensor,
+        index: Tensor,
+        crow: Tensor,
+        col: Tensor,
     ) -> Tensor:
-        ctx.save_for_backward(x, weight, values, index)
+        ctx.save_for_backward(x, weight, values, index, crow, col)
         ctx.has_bias = bias is not None
         return F.linear(x, merged_weight(weight, values, index), bias)
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, values, index = ctx.saved_tensors
-        need_x, need_w, need_b, need_v, _ = ctx.needs_input_grad
+        x, weight, values, index, crow, col = ctx.saved_tensors
+        need_x, need_w, need_b, need_v = ctx.needs_input_grad[:4]
         g = grad_y.reshape(-1, grad_y.shape[-1])
         flat_x = x.reshape(-1, x.shape[-1])
         grad_x = grad_w = grad_b = grad_v = None
@@ -76,17 +94,21 @@ class SparseDeltaLinearFn(torch.autograd.Function):
         if need_b and ctx.has_bias:
             grad_b = g.sum(0)
         if need_v:
-            grad_v = gathered_gradient(g, flat_x.to(g.dtype), index, weight.shape[1]).to(values.dtype)
-        return grad_x, grad_w, grad_b, grad_v, None
+            # SDDMM kernels take float32 / float64, not the bf16 / fp16 of mixed precision.
+            dtype = g.dtype if g.dtype in (torch.float32, torch.float64) else torch.float32
+            shape = tuple(weight.shape)
+            grad_v = gathered_gradient(g.to(dtype), flat_x.to(dtype), crow, col, shape).to(values.dtype)
+        return grad_x, grad_w, grad_b, grad_v, None, None, None
 
 
 class SparseDelta(nn.Module):
-    """The k trainable values and their positions, flat over the matrices of sizes ``sizes`` (in order)."""
+    """The k trainable values and their positions, flat over matrices of ``shapes`` (out, in), in order."""
 
-    def __init__(self, sizes: list[int], k: int) -> None:
+    def __init__(self, shapes: list[tuple[int, int]], k: int) -> None:
         super().__init__()
-        self.sizes = list(sizes)
-        self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes) + 1)]
+        self.shapes = [tuple(s) for s in shapes]
+        sizes = [rows * width for rows, width in self.shapes]
+        self.starts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         if not 0 < k <= self.starts[-1]:
             raise ValueError(f"k={k} outside (0, {self.starts[-1]}]")
         self.values = nn.Parameter(torch.zeros(k))
@@ -95,6 +117,7 @@ class SparseDelta(nn.Module):
         self._key: tuple[int, int, str] | None = None
         self._bounds: list[int] = []
         self._local: list[Tensor] = []
+        self._csr: list[tuple[Tensor, Tensor]] = []
 
     def set_selection(self, local: list[Tensor]) -> None:
         """Install per-matrix local flat positions (each sorted) and zero the values."""
@@ -119,12 +142,18 @@ class SparseDelta(nn.Module):
             self._local = [
                 flat[a:b] - start for (a, b), start in zip(pairwise(self._bounds), self.starts, strict=False)
             ]
+            self._csr = [csr_pattern(i, shape) for i, shape in zip(self._local, self.shapes, strict=True)]
         self._key = key
 
     def segment(self, slot: int) -> tuple[Tensor, Tensor]:
         """(values, local flat positions) of matrix ``slot``."""
         self._refresh()
         return self.values[self._bounds[slot] : self._bounds[slot + 1]], self._local[slot]
+
+    def pattern(self, slot: int) -> tuple[Tensor, Tensor]:
+        """(crow_indices, col_indices) of matrix ``slot``'s selection."""
+        self._refresh()
+        return self._csr[slot]
 
     def counts(self) -> list[int]:
         """Selected entries per matrix."""
@@ -146,7 +175,8 @@ class SparseLinear(nn.Module):
         if self.merged:
             return self.base(x)
         values, index = self.delta.segment(self.slot)
-        return SparseDeltaLinearFn.apply(x, self.base.weight, self.base.bias, values, index)
+        crow, col = self.delta.pattern(self.slot)
+        return SparseDeltaLinearFn.apply(x, self.base.weight, self.base.bias, values, index, crow, col)
 
     @torch.no_grad()
     def merge(self) -> None:

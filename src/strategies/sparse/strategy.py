@@ -52,7 +52,7 @@ def rank_budget(model: nn.Module, rank: int, targets: list[str] | str) -> int:
 @dataclass
 class Sparse(Strategy):
     name: str = "sparse"
-    budget: float | str = 0.0001
+    budget: float | str = "rank"
     rank: int = 4
     rank_targets: list[str] | str = field(default_factory=lambda: ["qkv"])
     eligible: list[str] | str = field(default_factory=lambda: ["qkv", "attn.proj", "mlp.fc1", "mlp.fc2"])
@@ -118,7 +118,7 @@ class Sparse(Strategy):
         if self.selection == "per_neuron":
             check_per_neuron([tuple(b.weight.shape) for b in bases], k)
         freeze(model)
-        delta = SparseDelta([b.weight.numel() for b in bases], k)
+        delta = SparseDelta([tuple(b.weight.shape) for b in bases], k)
         for slot, (name, base) in enumerate(zip(names, bases, strict=True)):
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, SparseLinear(base, delta, slot))
