@@ -85,6 +85,7 @@ def run_plain(cfg, dm, task, steps: int) -> float:
     model.train()
     optim = dict(cfg.optim)
     warmup, min_lr = optim.pop("warmup_fraction"), optim.pop("min_lr")
+    optim.pop("warmup_epochs", None)
     optimizer = build_optimizer(model, **optim)
     scheduler = warmup_cosine(optimizer, steps, round(warmup * steps), min_lr)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -1,5 +1,6 @@
 """``adapter.safetensors``: only the trained tensors of a run, with the metadata to re-apply them.
 
+Tensors: the trained parameters and the buffers of the modules that own them (e.g. sparse delta positions).
 Metadata (all strings, as safetensors requires): ``format``, ``backbone``, ``strategy`` (+ ``rank``, ``alpha``,
 ``target_modules``, ``targets`` for LoRA), ``task``, ``class_names`` (JSON list), ``img_size``, and the
 resolved ``backbone_config`` and ``strategy_config`` (JSON) that rebuild the model around it.
@@ -21,7 +22,27 @@ FORMAT = "medpeft-adapter/1"
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """What ``adapter.safetensors`` stores (see :func:`adapter_tensors`), copied to the CPU."""
+    return {name: t.detach().cpu().contiguous() for name, t in adapter_tensors(model).items()}
+
+
+def adapter_tensors(model: nn.Module) -> dict[str, Tensor]:
+    """The trained parameters, plus the persistent buffers of the modules that own them: those say how the
+    parameters apply (e.g. the positions of sparse delta values). Not copied, so a model on the meta device
+    can be sized."""
+    out: dict[str, Tensor] = {}
+    for prefix, module in model.named_modules():
+        trained = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not trained:
+            continue
+        persistent = [
+            (n, b)
+            for n, b in module.named_buffers(recurse=False)
+            if n not in module._non_persistent_buffers_set
+        ]
+        for name, tensor in [*trained, *persistent]:
+            out[f"{prefix}.{name}" if prefix else name] = tensor
+    return out
 
 
 def save_adapter(model: nn.Module, path: str | Path, metadata: dict[str, str]) -> int:

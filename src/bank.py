@@ -39,7 +39,9 @@ class AdapterBank:
         self.model = model.eval()
         self.head_prefix = head_parameter_prefixes(model)[0]
         self.head_name = self.head_prefix.rstrip(".")
-        self.params = {n: p for n, p in model.named_parameters() if not n.startswith(self.head_prefix)}
+        # Buffers too: an adapter may carry some (e.g. the positions of sparse delta values).
+        tensors = [*model.named_parameters(), *model.named_buffers()]
+        self.params = {n: p for n, p in tensors if not n.startswith(self.head_prefix)}
         self.adapters: dict[str, TaskAdapter] = {}
         self.active: str | None = None
 

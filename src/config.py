@@ -11,8 +11,11 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError
 
 from src.errors import UserError
+from src.models.timm_names import timm_name, timm_norm
+from src.recipes import linear_scaled_lr, when_null
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # conf/paths/default.yaml anchors outputs/ and data/ here, so runs land in the repository whatever the cwd.
@@ -28,8 +31,17 @@ def auto_precision() -> str:
 
 def register_resolvers() -> None:
     """Register the OmegaConf resolvers our YAML uses; safe to call more than once."""
-    if not OmegaConf.has_resolver("auto_precision"):
-        OmegaConf.register_new_resolver("auto_precision", auto_precision)
+    resolvers = {
+        "auto_precision": auto_precision,
+        "timm_name": timm_name,
+        # a ListConfig, not a list: OmegaConf.resolve cannot store a resolver's plain list
+        "timm_norm": lambda which, name: ListConfig(timm_norm(which, name)),
+        "linear_scaled_lr": linear_scaled_lr,
+        "when_null": when_null,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 register_resolvers()
@@ -37,6 +49,21 @@ register_resolvers()
 
 def validate_config(cfg: DictConfig) -> None:
     """Cheap checks of user-facing knobs, run before any model or data is built."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationKeyError as err:
+        # e.g. a paper recipe's per-dataset table looked up with a dataset it does not cover
+        raise UserError(
+            f"config key {err.full_key} does not resolve: {err.msg.splitlines()[0]}. A paper recipe "
+            "(experiment=...) covers only the datasets / settings in its tables; choose one of those."
+        ) from None
+    b = cfg.backbone
+    if b.get("require_weights") and not b.get("pretrained") and not b.get("checkpoint"):
+        raise UserError(
+            f"this recipe fine-tunes pretrained weights, but {b.name} would start from random ones: pass "
+            "backbone.pretrained=true (downloads timm's weights from the Hugging Face hub) or "
+            "backbone.checkpoint=PATH (a local .safetensors / .pth / .npz)."
+        )
     rank = cfg.get("rank")
     if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
         raise UserError(

@@ -1,6 +1,6 @@
 """Fold adapter deltas into the frozen weights for zero-overhead inference, and take them out again.
 
-Works on every layer that knows how: HF peft's LoRA / DoRA layers and our q/v LoRA layer. Strategies that
+Works on every layer that knows how: HF peft's LoRA / DoRA layers, our q/v LoRA layer and sparse delta layer. Strategies that
 train existing tensors (BitFit, linear probe, full) have nothing to merge.
 """
 
@@ -9,12 +9,13 @@ from __future__ import annotations
 from torch import nn
 
 from src.strategies.lora_qv import QVLoRALinear
+from src.strategies.sparse.delta import SparseLinear
 
 
 def mergeable(model: nn.Module) -> list[nn.Module]:
     from peft.tuners.lora import LoraLayer
 
-    return [m for m in model.modules() if isinstance(m, (LoraLayer, QVLoRALinear))]
+    return [m for m in model.modules() if isinstance(m, (LoraLayer, QVLoRALinear, SparseLinear))]
 
 
 def merge_adapters(model: nn.Module) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -96,6 +97,9 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     datamodule.check()
     task = Task(datamodule.task_type, datamodule.class_names, cfg.loss.label_smoothing)
     model, strategy = build_model(cfg, task)
+    datamodule.setup("fit")
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+    strategy.prepare(model, datamodule.train_dataloader(), task.loss, device)
     trainable, total = count_parameters(model)
     log.info(
         "trainable parameters: %s / %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total

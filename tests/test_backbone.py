@@ -62,12 +62,12 @@ def test_every_format_loads_the_backbone_and_drops_the_old_head(fmt: str, name: 
 def test_missing_and_unexpected_keys_are_reported(tmp_path: Path) -> None:
     state = source_state()
     state.pop("blocks.1.mlp.fc2.weight")
-    state["decoder.weight"] = torch.zeros(3)
+    state["aux_head.weight"] = torch.zeros(3)
     path = write("safetensors", state, tmp_path / "w.safetensors")
     model, _ = create_backbone(num_classes=2, **TINY)
     report = load_checkpoint(model, path)
     assert report.missing == ["blocks.1.mlp.fc2.weight"]
-    assert report.unexpected == ["decoder.weight"]
+    assert report.unexpected == ["aux_head.weight"]
     assert "missing (1)" in report.summary() and "unexpected (1)" in report.summary()
 
 
@@ -112,3 +112,66 @@ def test_bad_checkpoints_give_clear_errors(content: str, message: str, tmp_path:
         path.write_bytes(b"x")
     with pytest.raises(UserError, match=message):
         create_backbone(num_classes=2, checkpoint=str(path), **TINY)
+
+
+def mae_checkpoint(path: Path, grid_px: int = 32) -> dict[str, torch.Tensor]:
+    """A tiny MAE pretraining checkpoint as MAE's main_pretrain.py saves it: encoder with its final norm,
+    decoder, mask token and decoder position embedding under "model", beside the optimizer state, epoch and
+    the argparse Namespace of the run."""
+    import argparse
+
+    torch.manual_seed(3)
+    encoder, _ = create_backbone(num_classes=0, **{**TINY, "img_size": grid_px})
+    state = {k: v.clone() for k, v in encoder.state_dict().items()}
+    d, tokens = 192, (grid_px // 8) ** 2 + 1
+    state |= {
+        "mask_token": torch.randn(1, 1, 96),
+        "decoder_embed.weight": torch.randn(96, d),
+        "decoder_embed.bias": torch.randn(96),
+        "decoder_pos_embed": torch.randn(1, tokens, 96),
+        "decoder_blocks.0.attn.qkv.weight": torch.randn(288, 96),
+        "decoder_norm.weight": torch.ones(96),
+        "decoder_pred.weight": torch.randn(8 * 8 * 3, 96),
+    }
+    args = argparse.Namespace(model="mae_vit_tiny", mask_ratio=0.75, blr=1.5e-4)
+    torch.save({"model": state, "optimizer": {"state": {}}, "epoch": 799, "args": args}, path)
+    return state
+
+
+def test_mae_checkpoint_loads_as_mae_fine_tuning_does(tmp_path: Path) -> None:
+    state = mae_checkpoint(tmp_path / "mrm.pth")
+    kwargs = {**TINY["model_kwargs"], "global_pool": "avg"}
+    model, report = create_backbone(
+        num_classes=3, **{**TINY, "model_kwargs": kwargs}, checkpoint=str(tmp_path / "mrm.pth")
+    )
+    own = model.state_dict()
+    assert torch.equal(own["blocks.1.attn.qkv.weight"], state["blocks.1.attn.qkv.weight"])
+    assert torch.equal(own["pos_embed"], state["pos_embed"])
+    # MAE fine-tuning drops the decoder, the mask token and the encoder norm; fc_norm and the head start fresh.
+    assert sorted(report.dropped) == sorted(
+        [k for k in state if k.startswith(("decoder", "mask_token"))] + ["norm.bias", "norm.weight"]
+    )
+    assert sorted(report.missing) == ["fc_norm.bias", "fc_norm.weight"] and report.unexpected == []
+    assert torch.equal(own["fc_norm.weight"], torch.ones(192))
+    assert "missing (2)" in report.summary() and "dropped" in report.summary()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_mae_checkpoint_into_a_cls_token_backbone_keeps_the_encoder_norm(tmp_path: Path) -> None:
+    state = mae_checkpoint(tmp_path / "mae.pth")
+    model, report = create_backbone(num_classes=2, **TINY, checkpoint=str(tmp_path / "mae.pth"))
+    assert torch.equal(model.state_dict()["norm.weight"], state["norm.weight"])
+    assert "norm.weight" not in report.dropped and report.missing == [] and report.unexpected == []
+
+
+def test_position_embedding_is_resampled_to_a_larger_image(tmp_path: Path) -> None:
+    mae_checkpoint(tmp_path / "mae.pth", grid_px=32)  # 4 x 4 patches
+    model, report = create_backbone(
+        num_classes=2, **{**TINY, "img_size": 64}, checkpoint=str(tmp_path / "mae.pth")
+    )
+    assert report.resampled == ["pos_embed"] and model.pos_embed.shape == (1, 8 * 8 + 1, 192)
+
+
+def test_unknown_weights_tag_names_the_available_ones() -> None:
+    with pytest.raises(UserError, match=r"backbone\.tag.*augreg_in21k"):
+        create_backbone("vit_tiny_patch16_224.in1k_typo", num_classes=2, img_size=32)

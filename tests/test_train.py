@@ -18,7 +18,7 @@ from src.models.module import ClassificationModule
 from src.tasks import Task
 from src.train import build_model, train
 
-STRATEGIES = ["full", "linear", "lora", "dora", "lora_medpeft", "bitfit"]
+STRATEGIES = ["full", "linear", "lora", "dora", "lora_medpeft", "bitfit", "sparse"]
 TASKS = ["synthetic", "synthetic_multiclass", "synthetic_multilabel"]
 
 

@@ -2,11 +2,18 @@
 
 Weights come from the hub only with ``backbone.pretrained=true``; otherwise from ``backbone.checkpoint``
 (safetensors, ``.pth`` read with ``weights_only=True``, or ``.npz``) or stay randomly initialised.
+
+MAE-format checkpoints (He et al., 2022; MED-PEFT's MRM and CXR-MAE foundation models) load as MAE's own
+fine-tuning script loads them: the decoder and the mask token are pretraining-only and dropped, and when the
+backbone pools by global average with ``fc_norm`` (timm ``global_pool=avg``) the pretraining encoder ``norm``
+is dropped too, so ``fc_norm`` starts fresh. A position embedding made for another image size is resampled.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +22,7 @@ import numpy as np
 import timm
 import torch
 from safetensors.torch import load_file
+from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 from src.errors import UserError
@@ -24,6 +32,8 @@ log = logging.getLogger(__name__)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Wrappers used by common training scripts (MAE, DeiT, Lightning) around the state dict.
 STATE_DICT_KEYS = ("state_dict", "model", "module", "teacher")
+# Keys of an MAE pretraining checkpoint that no classifier uses.
+MAE_PRETRAINING_ONLY = ("decoder", "mask_token")
 
 
 @dataclass
@@ -35,6 +45,8 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     skipped_head: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    resampled: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"loaded {self.loaded} tensors from {self.path}"]
@@ -42,6 +54,8 @@ class LoadReport:
             ("missing", self.missing),
             ("unexpected", self.unexpected),
             ("old head dropped", self.skipped_head),
+            ("pretraining-only (MAE decoder / mask token / norm before fc_norm) dropped", self.dropped),
+            ("resampled to the image size", self.resampled),
         ):
             if keys:
                 shown = ", ".join(keys[:8]) + (f", ... (+{len(keys) - 8})" if len(keys) > 8 else "")
@@ -68,6 +82,12 @@ def create_backbone(
             raise UserError(
                 f"backbone.name={name!r} is not a timm model; list them with "
                 "`python -c \"import timm; print(timm.list_models('vit*'))\"`."
+            ) from None
+        if "Invalid pretrained tag" in str(err):
+            arch = name.split(".")[0]
+            raise UserError(
+                f"backbone.name={name!r}: timm publishes no such weights tag (backbone.tag). Tags for "
+                f"{arch}: {', '.join(t.split('.', 1)[1] for t in timm.list_pretrained(arch + '.*')) or 'none'}."
             ) from None
         raise
     check_patch_size(model, img_size)
@@ -100,7 +120,10 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         return load_file(str(path))
     if suffix in TORCH_SUFFIXES:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            # MAE-style training scripts save their argparse Namespace beside the weights: a plain attribute
+            # bag, safe to rebuild; everything else outside torch's allow-list stays refused.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises UnpicklingError for objects outside the safe allow-list
             raise UserError(
                 f"{path} could not be loaded with weights_only=True ({type(err).__name__}). Only plain "
@@ -143,6 +166,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
     own = model.state_dict()
     head_prefixes = head_parameter_prefixes(model)
     report = LoadReport(path=str(path))
+    state, report.dropped = drop_pretraining_only(state, model)
+    state, report.resampled = resample_position_embedding(state, model)
     usable: dict[str, Tensor] = {}
     for key, value in state.items():
         if key.startswith(head_prefixes) and (key not in own or own[key].shape != value.shape):
@@ -165,6 +190,47 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
         )
     log.info(report.summary())
     return report
+
+
+def drop_pretraining_only(state: dict[str, Tensor], model: nn.Module) -> tuple[dict[str, Tensor], list[str]]:
+    """Remove MAE's decoder / mask token, and its encoder ``norm`` where the model pools through ``fc_norm``.
+
+    MAE fine-tuning with global pooling deletes the encoder's final norm and learns a new ``fc_norm`` after
+    the pooling (MAE ``models_vit.py``); timm's ``global_pool=avg`` builds the same (``norm`` = Identity).
+    """
+    own = model.state_dict()
+    pools_with_fc_norm = "fc_norm.weight" in own and "norm.weight" not in own
+    drop = [
+        k
+        for k in state
+        if k not in own
+        and (
+            k.startswith(MAE_PRETRAINING_ONLY)
+            or (pools_with_fc_norm and k in ("norm.weight", "norm.bias") and "fc_norm.weight" not in state)
+        )
+    ]
+    return {k: v for k, v in state.items() if k not in drop}, drop
+
+
+def resample_position_embedding(
+    state: dict[str, Tensor], model: nn.Module
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Bicubically resample a ViT position embedding saved for another grid (e.g. 224 px weights at 384 px)."""
+    pos, own = state.get("pos_embed"), getattr(model, "pos_embed", None)
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if pos is None or not isinstance(own, Tensor) or grid is None or pos.shape == own.shape:
+        return state, []
+    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
+    if pos.ndim != 3 or pos.shape[2] != own.shape[2] or pos.shape[1] <= prefix:
+        return state, []  # another architecture: the shape check in load_checkpoint reports it
+    old = math.isqrt(pos.shape[1] - prefix)
+    if old * old != pos.shape[1] - prefix:
+        return state, []
+    resampled = resample_abs_pos_embed(
+        pos, new_size=list(grid), old_size=[old, old], num_prefix_tokens=prefix
+    )
+    log.info("pos_embed resampled from a %dx%d to a %dx%d grid", old, old, *grid)
+    return {**state, "pos_embed": resampled}, ["pos_embed"]
 
 
 def head_parameter_prefixes(model: nn.Module) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from src.optim import build_optimizer, warmup_cosine
+from src.optim import build_optimizer, warmup_cosine, warmup_steps
 from src.tasks import Task
 
 
@@ -78,7 +78,9 @@ class ClassificationModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = dict(self.optim)
         warmup, min_lr = cfg.pop("warmup_fraction", 0.0), cfg.pop("min_lr", 0.0)
+        warmup_epochs = cfg.pop("warmup_epochs", None)
         optimizer = build_optimizer(self.model, **cfg)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = warmup_cosine(optimizer, total, round(warmup * total), min_lr)
+        warmup = warmup_steps(total, self.trainer.max_epochs, warmup, warmup_epochs)
+        scheduler = warmup_cosine(optimizer, total, warmup, min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

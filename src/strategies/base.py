@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 
 @dataclass
@@ -23,6 +24,17 @@ class Strategy(ABC):
     @abstractmethod
     def apply(self, model: nn.Module) -> nn.Module:
         """Freeze / adapt ``model`` in place and return the module to train."""
+
+    def prepare(  # noqa: B027 (an optional hook: most strategies need nothing before training)
+        self,
+        model: nn.Module,
+        batches: Iterable,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        device: str = "cpu",
+    ) -> None:
+        """Before training, with the new head attached: look at training batches (``(images, target)``)
+        and the task loss, e.g. to choose which weights train. Runs on ``device``, leaves the model where
+        it was."""
 
     def metadata(self) -> dict[str, str]:
         """What an adapter file must record to be re-applied later (``rank`` only where it matters)."""

@@ -11,6 +11,8 @@ MeLo's 0.17 %. ``options`` passes further ``LoraConfig`` fields, e.g. ``use_dora
 
 ``targets="qv"`` adapts only the query and value parts of each fused qkv named by ``target_modules``
 (MeLo's and MED-PEFT's placement; see :mod:`src.strategies.lora_qv`) instead of the whole output.
+``also_train`` names modules that train whole beside the adapter and the head, e.g. ``[fc_norm]``: MED-PEFT
+(Lian et al., 2024) trains the norm after the global average pool with its LoRA.
 """
 
 from __future__ import annotations
@@ -38,8 +40,14 @@ class LoRA(Strategy):
     target_modules: list[str] | str = field(default_factory=lambda: ["qkv"])
     targets: str = "qkv"
     options: dict[str, Any] = field(default_factory=dict)
+    also_train: list[str] = field(default_factory=list)
 
     def apply(self, model: nn.Module) -> nn.Module:
+        model = self.inject(model)
+        unfreeze_modules(model, list(self.also_train))
+        return model
+
+    def inject(self, model: nn.Module) -> nn.Module:
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
         names = check_targets(model, targets)
         if self.targets not in TARGET_PARTS:
@@ -75,6 +83,20 @@ class LoRA(Strategy):
         }
 
 
+def unfreeze_modules(model: nn.Module, names: list[str]) -> None:
+    """Train every parameter of the modules ``names`` (suffix match); a module without weights (e.g. the
+    ``fc_norm`` of a CLS-token ViT, an Identity) adds nothing, a name that matches no module is refused."""
+    for target in names:
+        found = [m for n, m in model.named_modules() if n and matches(n, [target])]
+        if not found:
+            raise UserError(
+                f"peft.also_train: no module named {target!r} in this backbone; give module names such as "
+                "fc_norm or norm (see `print(model)`), or peft.also_train=[] to train the adapter and head only."
+            )
+        for module in found:
+            module.requires_grad_(True)
+
+
 def matches(name: str, targets: list[str] | str) -> bool:
     """HF peft's matching rule: a string is a full regex, a list entry matches a name or its suffix."""
     if isinstance(targets, str):
@@ -82,7 +104,7 @@ def matches(name: str, targets: list[str] | str) -> bool:
     return any(name == t or name.endswith(f".{t}") for t in targets)
 
 
-def check_targets(model: nn.Module, targets: list[str] | str) -> list[str]:
+def check_targets(model: nn.Module, targets: list[str] | str, key: str = "peft.target_modules") -> list[str]:
     """The Linear layers the targets match; refuse none, listing the ones that exist (indices folded)."""
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     found = [n for n in linears if matches(n, targets)]
@@ -90,7 +112,7 @@ def check_targets(model: nn.Module, targets: list[str] | str) -> list[str]:
         return found
     folded = sorted({re.sub(r"\.\d+\.", ".N.", n) for n in linears})
     raise UserError(
-        f"peft.target_modules={targets!r} matches no Linear layer of this backbone. Available Linear names "
+        f"{key}={targets!r} matches no Linear layer of this backbone. Available Linear names "
         f"(N = block index): {', '.join(folded)}. Give suffixes such as [qkv] or [qkv, attn.proj, mlp.fc1, mlp.fc2] (a bare `proj` also hits patch_embed.proj)."
     )
 
