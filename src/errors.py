@@ -18,3 +18,10 @@ class UserError(Exception):
 
 class Preempted(UserError):
     """The run stopped on SIGTERM after writing last.ckpt; the same command with resume=true continues it."""
+
+
+def as_user_error(err: BaseException | None) -> UserError | None:
+    """The UserError behind ``err``: Hydra's ``instantiate`` wraps a constructor's errors in its own."""
+    while err is not None and not isinstance(err, UserError):
+        err = err.__cause__
+    return err

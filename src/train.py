@@ -25,7 +25,7 @@ from src.adapter import class_names_json, save_adapter
 from src.checkpoint_io import read_checkpoint
 from src.config import PROJECT_ROOT, validate_config
 from src.data.base import ClassificationDataModule
-from src.errors import Preempted, UserError
+from src.errors import Preempted, UserError, as_user_error
 from src.models.backbone import create_backbone
 from src.models.module import ClassificationModule
 from src.resume import read_run_id, reopen_run, resume_argv, resume_checkpoint, write_run_id
@@ -167,9 +167,11 @@ def main(cfg: DictConfig) -> float | None:
         log.warning("%s", err)
         print(f"preempted: {err}", file=sys.stderr, flush=True)
         raise SystemExit(143) from None  # 128 + SIGTERM, as schedulers expect from a terminated job
-    except UserError as err:
-        log.error("%s", err)
-        raise SystemExit(f"error: {err}") from None
+    except Exception as err:
+        if (user := as_user_error(err)) is None:
+            raise
+        log.error("%s", user)
+        raise SystemExit(f"error: {user}") from None
     return metrics.get("val/auroc")
 
 

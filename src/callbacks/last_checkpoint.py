@@ -22,8 +22,6 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
-from src.errors import UserError
-
 log = logging.getLogger(__name__)
 
 
@@ -54,13 +52,6 @@ class LastCheckpoint(Checkpoint):
     FILENAME = "last.ckpt"
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int = 50) -> None:
-        if isinstance(every_n_train_steps, bool) or not isinstance(every_n_train_steps, int):
-            every_n_train_steps = -1
-        if every_n_train_steps < 0:
-            raise UserError(
-                f"callbacks.last_checkpoint.every_n_train_steps={every_n_train_steps} must be a whole number "
-                ">= 0 (0: only after each validation and on SIGTERM)."
-            )
         self.path = Path(dirpath) / self.FILENAME
         self.every_n_train_steps = every_n_train_steps
         self.saved_step: int | None = None  # global step of the last write, for the non-finite loss guard
@@ -70,7 +61,7 @@ class LastCheckpoint(Checkpoint):
         return bool(trainer.fast_dev_run) or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING
 
     def save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
         self.saved_step = trainer.global_step
         log.debug("wrote %s at step %d", self.path, trainer.global_step)
 

@@ -49,7 +49,12 @@ def read_dicom(path: Path, size: int) -> Tensor:
 
 
 def read_grayscale(path: Path, size: int) -> Tensor:
-    """Decode, convert to 8-bit grayscale (16-bit scaled by its range) and resize to size x size."""
+    """Decode, convert to 8-bit grayscale and resize to size x size.
+
+    16-bit and 32-bit grayscale is scaled from its own min..max to 0..255 (a constant image becomes 0); RGB,
+    RGBA and palette images become ITU-R 601 luma (alpha is ignored); truncated or unreadable files raise a
+    :class:`UserError` naming the file.
+    """
     try:
         with Image.open(path) as im:
             im.load()
@@ -57,7 +62,7 @@ def read_grayscale(path: Path, size: int) -> Tensor:
                 arr = np.asarray(im, dtype=np.float32)
                 lo, hi = float(arr.min()), float(arr.max())
                 arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-                im = Image.fromarray(arr.astype(np.uint8))
+                im = Image.fromarray(np.rint(arr).astype(np.uint8))
             im = im.convert("L").resize((size, size), Image.Resampling.BILINEAR)
             return torch.from_numpy(np.array(im, dtype=np.uint8))
     except (OSError, UnidentifiedImageError) as err:
