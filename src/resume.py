@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf
 
 from src.checkpoint_io import remove_partial_writes
@@ -139,3 +140,15 @@ def reopen_run(logger: MLflowLogger, step: int | None) -> None:
     """Mark a resumed MLflow run as running again (a kill left it RUNNING, SIGTERM KILLED, a crash FAILED)."""
     logger.experiment.update_run(logger.run_id, status="RUNNING")
     logger.experiment.set_tag(logger.run_id, "resumed_at_step", str(step))
+
+
+def keep_csv_log(logger: Logger | None, step: int | None) -> Path | None:
+    """Lightning's CSVLogger deletes an existing metrics.csv: keep the killed run's as metrics.until_stepN.csv."""
+    if not isinstance(logger, CSVLogger):
+        return None
+    old = Path(logger.log_dir) / "metrics.csv"
+    if not old.is_file():
+        return None
+    kept = old.with_name(f"metrics.until_step{step}.csv")
+    old.rename(kept)
+    return kept

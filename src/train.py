@@ -28,7 +28,14 @@ from src.data.base import ClassificationDataModule
 from src.errors import Preempted, UserError, as_user_error
 from src.models.backbone import create_backbone
 from src.models.module import ClassificationModule
-from src.resume import read_run_id, reopen_run, resume_argv, resume_checkpoint, write_run_id
+from src.resume import (
+    keep_csv_log,
+    read_run_id,
+    reopen_run,
+    resume_argv,
+    resume_checkpoint,
+    write_run_id,
+)
 from src.strategies import Strategy, count_parameters
 from src.summary import format_summary, write_json
 from src.tasks import Task
@@ -110,6 +117,8 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     run_logger = trainer.logger
     if resume is not None and isinstance(run_logger, MLflowLogger):
         reopen_run(run_logger, step)
+    elif resume is not None:
+        keep_csv_log(run_logger, step)
     elif run_logger is not None:
         run_logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         if isinstance(run_logger, MLflowLogger):
