@@ -12,9 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from src.errors import Preempted, UserError
+from src.errors import UserError
 from src.resume import find_run, resume_argv
-from src.train import cli, train
+from src.train import cli, main, train
 from tests.conftest import compose_train, run_cli
 
 # 3 steps per epoch, 2 epochs: as short as a run can be and still be killed mid-epoch after a checkpoint.
@@ -68,13 +68,15 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Pat
     assert not list(run_dir.rglob(".*.tmp"))
 
 
-def test_sigterm_writes_a_checkpoint_and_resumes_exactly(tmp_path: Path, uninterrupted) -> None:
+def test_sigterm_writes_a_checkpoint_and_resumes_exactly(tmp_path: Path, uninterrupted, capsys) -> None:
     # No periodic saves: the last.ckpt at step 4 can only come from the SIGTERM handling.
     common = [*RUN, "callbacks.last_checkpoint.every_n_train_steps=0", "logger=mlflow"]
     common += kill_at(3, tmp_path / "termed", "SIGTERM")
     cfg = compose_train(common, tmp_path)
-    with pytest.raises(Preempted, match="SIGTERM at step 4"):
-        train(cfg)
+    with pytest.raises(SystemExit) as exit_info:
+        main(cfg)
+    assert exit_info.value.code == 143  # 128 + SIGTERM, what a scheduler expects from a terminated job
+    assert "preempted: stopped by SIGTERM at step 4; continue with resume=true" in capsys.readouterr().err
     run_dir = Path(cfg.paths.output_dir)
     # SIGTERM arrived before step 4's batch (epoch 1); that batch finished and was checkpointed.
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
