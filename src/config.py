@@ -46,7 +46,7 @@ def validate_config(cfg: DictConfig) -> None:
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise UserError(
             f"callbacks.last_checkpoint.every_n_train_steps={every!r} must be a whole number >= 0 "
-            "(0: last.ckpt only after each validation and on SIGTERM)."
+            "(0: last.ckpt only at the end of each epoch and on SIGTERM)."
         )
     size = cfg.backbone.get("img_size")
     if size is not None and (not isinstance(size, int) or size <= 0):

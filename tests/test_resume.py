@@ -25,7 +25,7 @@ RUN = [
     "dataset.batch_size=16",
     "trainer.max_epochs=2",
 ]
-EVERY_2 = "callbacks.last_checkpoint.every_n_train_steps=2"  # last.ckpt at steps 2, 4 and after validations
+EPOCH_ENDS = "callbacks.last_checkpoint.every_n_train_steps=0"  # last.ckpt at epoch ends (and SIGTERM) only
 
 
 def kill_at(step: int, marker: Path, sig: str = "SIGKILL") -> list[str]:
@@ -42,27 +42,33 @@ def scores(metrics: dict) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
-    metrics = train(compose_train([*RUN, "logger=none", "callbacks=none"], tmp_path_factory.mktemp("ref")))
-    return scores(metrics)
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    metrics = train(compose_train([*RUN, "logger=none"], tmp_path_factory.mktemp("ref")))
+    return {**scores(metrics), "best": Path(metrics["best_checkpoint"]).name}
 
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Path, uninterrupted) -> None:
-    command = [*RUN, EVERY_2, "logger=csv", f"paths.log_dir={tmp_path}", *kill_at(5, tmp_path / "killed")]
+    # Killed in epoch 1's second batch; last.ckpt is from the end of epoch 0 (step 3), after its validation.
+    command = [*RUN, EPOCH_ENDS, "logger=csv", f"paths.log_dir={tmp_path}", *kill_at(5, tmp_path / "killed")]
     killed = run_cli(*command)
     assert killed.returncode == -9, killed.stderr[-2000:]
     (run_dir,) = (tmp_path / "train" / "runs").iterdir()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "metrics.json").exists()
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
     resumed = run_cli(*command, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [p.name for p in (tmp_path / "train" / "runs").iterdir()] == [run_dir.name]  # no new run dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert scores(metrics) == uninterrupted  # bit-identical, not approximately
+    assert {
+        **scores(metrics),
+        "best": Path(metrics["best_checkpoint"]).name,
+    } == uninterrupted  # bit-identical
+    # The best-checkpoint callback's state came back too: it kept exactly one best file, as uninterrupted.
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("best_*")) == [uninterrupted["best"]]
 
     # Lightning's CSVLogger would delete the killed run's log: it is kept beside the continuation's.
-    before = (run_dir / "csv" / "metrics.until_step4.csv").read_text()
+    before = (run_dir / "csv" / "metrics.until_step3.csv").read_text()
     after = (run_dir / "csv" / "metrics.csv").read_text()
     assert before.splitlines()[1].startswith("0,2,") and "test/auroc" in after.splitlines()[0]
     assert not list(run_dir.rglob(".*.tmp"))
@@ -79,13 +85,16 @@ def test_sigterm_writes_a_checkpoint_and_resumes_exactly(tmp_path: Path, uninter
     assert "preempted: stopped by SIGTERM at step 4; continue with resume=true" in capsys.readouterr().err
     run_dir = Path(cfg.paths.output_dir)
     # SIGTERM arrived before step 4's batch (epoch 1); that batch finished and was checkpointed.
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
     client = mlflow.MlflowClient(tracking_uri=cfg.logger.tracking_uri)
     run_id = (run_dir / "mlflow_run_id.txt").read_text().strip()
     assert client.get_run(run_id).info.status == "KILLED"
 
     metrics = train(compose_train([*common, "resume=true"], tmp_path))
-    assert scores(metrics) == uninterrupted  # bit-identical
+    assert {
+        **scores(metrics),
+        "best": Path(metrics["best_checkpoint"]).name,
+    } == uninterrupted  # bit-identical
     run = client.get_run(run_id)  # the same MLflow run, finished, with the epochs before and after
     assert metrics["mlflow_run_id"] == run_id and run.info.status == "FINISHED"
     assert run.data.tags["resumed_at_step"] == "4"

@@ -1,7 +1,7 @@
 """``checkpoints/last.ckpt``: the state ``resume=true`` continues from, written often and on preemption.
 
-Written every ``every_n_train_steps`` optimizer steps, after every validation, and at the end of the batch in
-which the process got SIGTERM (the preemption signal of SLURM and Kubernetes). Lightning only notes SIGTERM
+Written every ``every_n_train_steps`` optimizer steps, at the end of every epoch (after its validation), and
+at the end of the batch in which the process got SIGTERM (the preemption signal of SLURM and Kubernetes). Lightning only notes SIGTERM
 and stops at the end of that batch without saving anything; here the batch ends with a checkpoint first.
 
 Besides the model, optimizer, scheduler, loop counters and the train loader's position (see
@@ -75,12 +75,14 @@ class LastCheckpoint(Checkpoint):
             )
             return
         n = self.every_n_train_steps
-        # The epoch's last batch is saved after validation instead, so a resume never skips a validation.
+        # The epoch's last batch is saved at the epoch's end instead, so a resume never skips a validation.
         last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if n and trainer.global_step % n == 0 and not last:
             self.save(trainer)
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning calls Checkpoint callbacks' epoch-end hooks last, in list order: the best-model callback
+        # has already taken this epoch's val/auroc into account, so last.ckpt carries its current state.
         if not self._skip(trainer):
             self.save(trainer)
 
