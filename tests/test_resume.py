@@ -85,7 +85,7 @@ def test_sigterm_writes_a_checkpoint_and_resumes_exactly(tmp_path: Path, uninter
     assert "preempted: stopped by SIGTERM at step 4; continue with resume=true" in capsys.readouterr().err
     run_dir = Path(cfg.paths.output_dir)
     # SIGTERM arrived before step 4's batch (epoch 1); that batch finished and was checkpointed.
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     client = mlflow.MlflowClient(tracking_uri=cfg.logger.tracking_uri)
     run_id = (run_dir / "mlflow_run_id.txt").read_text().strip()
     assert client.get_run(run_id).info.status == "KILLED"
