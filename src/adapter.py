@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -53,8 +53,15 @@ def save_adapter(model: nn.Module, path: str | Path, metadata: dict[str, str]) -
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    """The header of a safetensors file; anything else (a pickle, a truncated file) is refused unread."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as err:
+        raise UserError(
+            f"{path} is not a readable safetensors file ({err}). Adapters are only read from the "
+            "adapter.safetensors a run writes; pickled .pt/.pth files are never loaded."
+        ) from None
 
 
 def read_adapter(path: str | Path) -> tuple[dict[str, str], dict[str, Tensor]]:
@@ -65,7 +72,7 @@ def read_adapter(path: str | Path) -> tuple[dict[str, str], dict[str, Tensor]]:
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:
         raise UserError(f"{path} is not a medpeft adapter (format={meta.get('format')!r}, want {FORMAT}).")
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="pt") as f:  # read_metadata checked the header and the size
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
     return meta, tensors
 

@@ -22,6 +22,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
     try:
         yield Path(tmp)
+        fsync(tmp)  # the data reaches the disk before the rename makes it visible (power loss, node crash)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -50,3 +51,11 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -65,6 +65,13 @@ class AdapterBank:
                 "it was trained with another backbone, strategy or rank."
             )
         weight = head_state["weight"]
+        classes = json.loads(meta.get("class_names", "[]"))
+        if len(classes) != weight.shape[0]:
+            raise UserError(
+                f"adapter {path} names {len(classes)} classes ({', '.join(classes)}) but its head has "
+                f"{weight.shape[0]} outputs; the file was edited or mixed from two runs. Re-export it from "
+                "its run."
+            )
         head = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in head_state)
         head.load_state_dict(head_state)
         adapter = TaskAdapter(name, meta, body, head.eval().requires_grad_(False))

@@ -70,6 +70,13 @@ def validate_config(cfg: DictConfig) -> None:
             f"rank={rank!r} is not a positive integer. `rank` sets the LoRA rank (and the budget of "
             "rank-matched strategies); pass e.g. `rank=4` or sweep `-m rank=1,2,4,8,16`."
         )
+    last = (cfg.get("callbacks") or {}).get("last_checkpoint") or {}
+    every = last.get("every_n_train_steps", 0)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise UserError(
+            f"callbacks.last_checkpoint.every_n_train_steps={every!r} must be a whole number >= 0 "
+            "(0: last.ckpt only at the end of each epoch and on SIGTERM)."
+        )
     size = cfg.backbone.get("img_size")
     if size is not None and (not isinstance(size, int) or size <= 0):
         raise UserError(f"backbone.img_size={size!r} must be a positive integer number of pixels.")

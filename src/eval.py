@@ -16,6 +16,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from src.checkpoint_io import read_checkpoint
 from src.config import PROJECT_ROOT, instantiate_user
 from src.errors import UserError
 from src.models.module import ClassificationModule
@@ -56,6 +57,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best") -> tuple[dict[str, f
     task = Task(datamodule.task_type, datamodule.class_names, cfg.loss.label_smoothing)
     model, _ = build_model(cfg, task)
     module = ClassificationModule(model, task, OmegaConf.to_container(cfg.optim, resolve=True))
+    read_checkpoint(ckpt, module)  # a clear error for a foreign, damaged or unsafe file, before Lightning
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
@@ -65,7 +67,9 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best") -> tuple[dict[str, f
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    now = trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt), verbose=False)[0]
+    now = trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt), verbose=False, weights_only=True)[
+        0
+    ]
     return {k: float(v) for k, v in now.items()}, logged
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,26 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from src.adapter import class_names_json, save_adapter
+from src.checkpoint_io import read_checkpoint
 from src.config import PROJECT_ROOT, instantiate_user, validate_config
 from src.data.base import ClassificationDataModule
-from src.errors import UserError
+from src.errors import Preempted, UserError, as_user_error
 from src.figures import write_figures
 from src.models.backbone import create_backbone
 from src.models.module import ClassificationModule
+from src.resume import (
+    keep_csv_log,
+    read_run_id,
+    reopen_run,
+    resume_argv,
+    resume_checkpoint,
+    write_run_id,
+)
 from src.strategies import Strategy, count_parameters
 from src.summary import format_summary, write_json
 from src.tasks import Task
@@ -67,9 +78,10 @@ def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task, color: str
     }
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_id: str | None = None) -> L.Trainer:
+    """``run_id``: an MLflow run to keep logging to (resume)."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = instantiate(cfg.logger, **({"run_id": run_id} if run_id else {})) if cfg.get("logger") else False
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
 
 
@@ -106,18 +118,37 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     )
 
     module = ClassificationModule(model, task, OmegaConf.to_container(cfg.optim, resolve=True))
-    trainer = build_trainer(cfg)
+    resume = resume_checkpoint(cfg)
+    if resume is not None:
+        step = read_checkpoint(resume, module).get("global_step")
+        log.info("resuming from %s (step %s)", resume, step)
+    trainer = build_trainer(cfg, run_id=read_run_id(resume.parents[1]) if resume else None)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     run_logger = trainer.logger
-    if run_logger is not None:
+    if resume is not None and isinstance(run_logger, MLflowLogger):
+        reopen_run(run_logger, step)
+    elif resume is not None:
+        keep_csv_log(run_logger, step)
+    elif run_logger is not None:
         run_logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if isinstance(run_logger, MLflowLogger):
+            write_run_id(out, run_logger.run_id)
 
-    trainer.fit(module, datamodule=datamodule)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    except SIGTERMException:
+        if isinstance(run_logger, MLflowLogger):
+            run_logger.experiment.set_terminated(run_logger.run_id, "KILLED")
+        raise Preempted(
+            f"stopped by SIGTERM at step {trainer.global_step}; continue with resume=true"
+        ) from None
     # Re-validate the chosen checkpoint so every val/* number (not only val/auroc) belongs to it.
     best = best_checkpoint(trainer)
-    scores = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    scores = trainer.validate(
+        module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True
+    )[0]
     if cfg.test:
-        scores |= trainer.test(module, datamodule=datamodule, ckpt_path=best)[0]
+        scores |= trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)[0]
     if not trainer.is_global_zero:  # DDP: every process runs this function; rank 0 writes and logs
         return {k: float(v) for k, v in scores.items()}, model
 
@@ -155,13 +186,28 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
-    except UserError as err:
-        log.error("%s", err)
+    except Preempted as err:
+        log.warning("%s", err)
+        print(f"preempted: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(143) from None  # 128 + SIGTERM, as schedulers expect from a terminated job
+    except Exception as err:
+        if (user := as_user_error(err)) is None:
+            raise
+        log.error("%s", user)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # one failed job: the sweep callback records it, the sweep goes on
-        raise SystemExit(f"error: {err}") from None
+            raise user from None  # one failed job: the sweep callback records it, the sweep goes on
+        raise SystemExit(f"error: {user}") from None
     return metrics.get("val/auroc")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m src.train``: finds the run dir that ``resume=...`` continues before Hydra creates one."""
+    try:
+        sys.argv[1:] = resume_argv(sys.argv[1:])
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,13 +1,21 @@
-"""A failed write leaves the previous file intact and no temp file behind."""
+"""A failed or killed write leaves the previous file intact: outputs and checkpoints."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import fsspec
 import pytest
+import torch
 
 from src.atomic import atomic_directory, atomic_write
+from src.checkpoint_io import AtomicCheckpointIO, read_checkpoint, remove_partial_writes
+from src.config import PROJECT_ROOT
+from src.train import build_trainer
 
 
 def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
@@ -45,3 +53,39 @@ def test_atomic_directory_renames_keeps_a_rival_and_cleans_up(tmp_path: Path) ->
     blocker.write_text("not a folder")
     with pytest.raises(OSError), atomic_directory(blocker) as tmp:
         (tmp / "a").write_text("x")
+
+
+def test_checkpoint_killed_mid_write_leaves_the_previous_one_loadable(tmp_path: Path) -> None:
+    # A real SIGKILL while the checkpoint bytes are half written: the old last.ckpt must survive intact
+    # and nothing that looks like a checkpoint may be left for a later resume or eval to pick up.
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 4}, last)
+    script = f"""
+import os, signal, torch
+from src.checkpoint_io import AtomicCheckpointIO
+real_save = torch.save
+def save_half_then_die(obj, path):
+    real_save(obj, path)
+    os.truncate(path, os.path.getsize(path) // 2)
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = save_half_then_die
+AtomicCheckpointIO().save_checkpoint({{"state_dict": {{"w": torch.zeros(10**6)}}, "global_step": 6}}, {str(last)!r})
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, timeout=120
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert read_checkpoint(last)["global_step"] == 4
+    assert [p.name for p in last.parent.glob("*.ckpt")] == ["last.ckpt"]
+    assert remove_partial_writes(last.parent) and [p.name for p in last.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_trainer_writes_checkpoints_through_the_atomic_writer(make_cfg) -> None:
+    cfg = make_cfg()
+    assert isinstance(build_trainer(cfg).strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_remote_checkpoint_paths_keep_lightnings_writer() -> None:
+    AtomicCheckpointIO().save_checkpoint({"w": torch.ones(2)}, "memory://ckpt/last.ckpt")
+    with fsspec.open("memory://ckpt/last.ckpt", "rb") as f:
+        assert torch.equal(torch.load(f, weights_only=True)["w"], torch.ones(2))

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from src.data.resumable import ResumableLoader
+
 SPLITS = ("train", "val", "test")
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
@@ -73,10 +75,11 @@ class ClassificationDataModule(L.LightningDataModule):
                 self.datasets[split] = self.build_split(split)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        # Shuffled (training) loaders record their position in checkpoints, so resume=true continues mid-epoch.
+        loader = ResumableLoader if shuffle else DataLoader
+        return loader(
             self.datasets[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -63,14 +63,18 @@ def read_dicom(path: Path, size: int, color: str = "gray") -> Tensor:
 
 
 def read_grayscale(path: Path, size: int) -> Tensor:
-    """Decode, convert to 8-bit grayscale (16-bit scaled by its range) and resize to size x size."""
+    """Decode, convert to 8-bit grayscale and resize to size x size (see :func:`read_pil`)."""
     return read_pil(path, size, "L")
 
 
 def read_pil(path: Path, size: int, mode: str) -> Tensor:
-    """Decode with PIL into ``mode`` (``L`` or ``RGB``) at size x size. 16-bit grayscale is scaled by its
-    range first; palette, RGBA / LA (alpha dropped, as PIL converts), CMYK and grayscale sources go through
-    PIL's conversion, so a gray source read as RGB has three equal channels."""
+    """Decode with PIL into ``mode`` (``L`` or ``RGB``) at size x size.
+
+    16-bit and 32-bit grayscale is scaled from its own min..max to 0..255 (a constant image becomes 0), rounded;
+    palette, RGBA / LA (alpha dropped, as PIL converts), CMYK and grayscale sources go through PIL's
+    conversion (ITU-R 601 luma for ``L``; three equal channels for a gray source read as ``RGB``); truncated
+    or unreadable files raise a :class:`UserError` naming the file.
+    """
     try:
         with Image.open(path) as im:
             im.load()
@@ -78,7 +82,7 @@ def read_pil(path: Path, size: int, mode: str) -> Tensor:
                 arr = np.asarray(im, dtype=np.float32)
                 lo, hi = float(arr.min()), float(arr.max())
                 arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-                im = Image.fromarray(arr.astype(np.uint8))
+                im = Image.fromarray(np.rint(arr).astype(np.uint8))
             im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
             return torch.from_numpy(np.array(im, dtype=np.uint8))
     except (OSError, UnidentifiedImageError) as err:

@@ -1,0 +1,1 @@
+"""Lightning callbacks configured in conf/callbacks/: resumable last.ckpt and the non-finite loss guard."""
