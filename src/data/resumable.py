@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 
 class ResumableSampler(RandomSampler):
@@ -42,10 +42,14 @@ class ResumableSampler(RandomSampler):
 
 
 class ResumableLoader(DataLoader):
-    """A shuffling ``DataLoader`` whose position (epoch seed, batches handed out) goes into checkpoints."""
+    """A shuffling ``DataLoader`` whose position (epoch seed, batches handed out) goes into checkpoints.
 
-    def __init__(self, dataset: Dataset, **kwargs: Any) -> None:
-        super().__init__(dataset, sampler=ResumableSampler(dataset), **kwargs)
+    Under DDP Lightning rebuilds the loader with its ``DistributedSampler`` (passed as ``sampler``); that
+    sampler's order is fixed by the epoch, and a resumed run restarts the interrupted epoch's pass over it.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: Sampler | None = None, **kwargs: Any) -> None:
+        super().__init__(dataset, sampler=ResumableSampler(dataset) if sampler is None else sampler, **kwargs)
         self.batches = 0  # batches of the current epoch handed to the trainer, skipped ones included
         self._skipped = 0
 
@@ -64,10 +68,11 @@ class ResumableLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.sampler.seed, "batches": self.batches}
+        return {"seed": getattr(self.sampler, "seed", None), "batches": self.batches}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # A checkpoint written after the epoch's last batch resumes with the next epoch, a fresh permutation.
-        if state["seed"] is not None and 0 < state["batches"] < len(self):
+        resumable = isinstance(self.sampler, ResumableSampler)
+        if resumable and state["seed"] is not None and 0 < state["batches"] < len(self):
             self.sampler.resume(state["seed"], state["batches"] * self.batch_size)
             self._skipped = state["batches"]
