@@ -194,7 +194,7 @@ def main(cfg: DictConfig) -> float | None:
         if (user := as_user_error(err)) is None:
             raise
         log.error("%s", user)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise user from None  # one failed job: the sweep callback records it, the sweep goes on
         raise SystemExit(f"error: {user}") from None
     return metrics.get("val/auroc")
