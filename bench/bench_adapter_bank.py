@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file, save_file
+from write_result import write_result
 
 from src.adapter import save_adapter
 from src.bank import AdapterBank
@@ -108,9 +109,7 @@ def main() -> None:
         f"LoRA r=4 adapter (2 classes): {sizes['sz_cxr'] / 1e6:.3f} MB (goal <= 0.6 MB).",
     ]
     text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    write_result(args.out, text)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from write_result import write_result
 
 from src.config import PROJECT_ROOT
 from src.data.image_folder import ImageFolderDataModule
@@ -166,9 +167,7 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    write_result(args.out, text)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
+from write_result import write_result
 
 from src.config import PROJECT_ROOT
 from src.data.synthetic import SyntheticDataModule
@@ -139,9 +140,7 @@ def main() -> None:
         f"**Overhead: Lightning / plain = {lt / p:.3f}** (goal <= 1.05: {'met' if lt / p <= 1.05 else 'NOT met'}).",
     ]
     text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    write_result(args.out, text)
 
 
 if __name__ == "__main__":

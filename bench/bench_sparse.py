@@ -39,6 +39,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from write_result import write_result  # noqa: E402
+
 from src.strategies.lora import LoRA  # noqa: E402
 from src.strategies.sparse import Sparse  # noqa: E402
 from src.strategies.sparse.strategy import sparse_layers  # noqa: E402
@@ -261,9 +263,7 @@ def main() -> None:
     importance = run_importance(device, args.importance_batches, args.batch)
     print(f"importance: {importance['seconds']:.1f} s", flush=True)
     text = table(memory, times, importance, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text, flush=True)
+    write_result(args.out, text)
 
 
 if __name__ == "__main__":

@@ -109,16 +109,17 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     datamodule.check()
     task = Task(datamodule.task_type, datamodule.class_names, cfg.loss.label_smoothing)
     model, strategy = build_model(cfg, task)
-    datamodule.setup("fit")
-    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
-    strategy.prepare(model, datamodule.train_dataloader(), task.loss, device)
+    resume = resume_checkpoint(cfg)
+    if resume is None:  # a resumed run takes whatever prepare would set (e.g. sparse indices) from last.ckpt
+        datamodule.setup("fit")
+        device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+        strategy.prepare(model, datamodule.train_dataloader(), task.loss, device)
     trainable, total = count_parameters(model)
     log.info(
         "trainable parameters: %s / %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
     )
 
     module = ClassificationModule(model, task, OmegaConf.to_container(cfg.optim, resolve=True))
-    resume = resume_checkpoint(cfg)
     if resume is not None:
         step = read_checkpoint(resume, module).get("global_step")
         log.info("resuming from %s (step %s)", resume, step)
