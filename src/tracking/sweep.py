@@ -32,13 +32,13 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError
+from src.summary import write_json
 from src.tracking.git import git_tags
 from src.tracking.server import check_tracking, is_mlflow_logger, is_remote
 from src.tracking.sweep_context import (
     SweepContext,
     jobs_dir,
     read_sweep,
-    write_json_atomic,
     write_sweep,
 )
 from src.tracking.sweep_summary import write_summary
@@ -179,7 +179,7 @@ class SweepCallback(Callback):
         context = read_sweep(sweep_dir)
         if failed and context is not None:
             mark_failed(context, num, record)
-        write_json_atomic(jobs_dir(sweep_dir) / f"{num:05d}.json", record)
+        write_json(jobs_dir(sweep_dir) / f"{num:05d}.json", record)
         if not failed:
             return
         if self.fail_fast:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from src.atomic import atomic_write
+from src.summary import write_json
 
 STATE_DIR = ".medpeft"
 
@@ -41,13 +40,8 @@ def jobs_dir(sweep_dir: str | Path) -> Path:
     return Path(sweep_dir) / STATE_DIR / "jobs"
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
 def write_sweep(sweep_dir: str | Path, context: SweepContext) -> None:
-    write_json_atomic(sweep_file(sweep_dir), asdict(context))
+    write_json(sweep_file(sweep_dir), asdict(context))
 
 
 def read_sweep(sweep_dir: str | Path) -> SweepContext | None:
