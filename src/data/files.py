@@ -23,7 +23,7 @@ from src.atomic import atomic_write
 from src.data.base import SPLITS, ClassificationDataModule
 from src.data.cache import CachedImageDataset, build_or_load, decode_all
 from src.data.image_files import COLORS, ImageFileDataset
-from src.data.splits import label_fraction_indices, split_by_fractions
+from src.data.splits import check_label_fraction, label_fraction_indices, split_by_fractions
 from src.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -158,12 +158,7 @@ class FileDataModule(ClassificationDataModule):
 
     def validate(self) -> None:
         """The shared keys, checked in :meth:`check` (inside the entry points' one-line error handling)."""
-        fraction = self.label_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-            raise UserError(
-                f"dataset.label_fraction={fraction!r} must be in (0, 1]: the share of the training split "
-                "to train on, e.g. dataset.label_fraction=0.01 for 1 %, 1.0 for all of it."
-            )
+        check_label_fraction(self.label_fraction)
         if self.color not in COLORS:
             raise UserError(
                 f"dataset.color={self.color!r} must be gray (8-bit grayscale, radiographs) or rgb (colour "

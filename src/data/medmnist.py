@@ -23,7 +23,7 @@ from torch import Tensor
 from src.atomic import atomic_write
 from src.data.arrays import ArrayDataset
 from src.data.base import SPLITS, ClassificationDataModule, Normalize
-from src.data.splits import label_fraction_indices
+from src.data.splits import check_label_fraction, label_fraction_indices
 from src.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -163,8 +163,7 @@ class MedMNISTDataModule(ClassificationDataModule):
         flag = parse_name(name)
         task, class_names = SUBSETS[flag]
         super().__init__(name=name, task=task, class_names=class_names, **kwargs)
-        if not 0 < label_fraction <= 1:
-            raise UserError(f"dataset.label_fraction={label_fraction} must be in (0, 1], e.g. 0.01 for 1 %.")
+        check_label_fraction(label_fraction)
         self.label_fraction, self.label_fraction_seed = label_fraction, label_fraction_seed
         self.train_indices = np.zeros(0, dtype=np.int64)
         if flag in NO_HFLIP and self.hflip:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from src.errors import UserError
+
 
 def holdout_sizes(n: int, eval_fraction: float = 0.2) -> tuple[int, int, int]:
     """(train, val, test) as MeLo's two-stage split: ceil(20 %) held out, then halved (val gets the odd one).
@@ -110,6 +112,15 @@ def iterative_stratification(
     for pos in np.flatnonzero(open_units):  # units without any label
         place(order[pos], np.arange(len(ratios)))
     return fold
+
+
+def check_label_fraction(fraction: object) -> None:
+    """``dataset.label_fraction`` must be a number in (0, 1]."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise UserError(
+            f"dataset.label_fraction={fraction!r} must be in (0, 1]: the share of the training split "
+            "to train on, e.g. dataset.label_fraction=0.01 for 1 %, 1.0 for all of it."
+        )
 
 
 def label_fraction_indices(
