@@ -5,6 +5,8 @@ The model is rebuilt from the first adapter's recorded backbone and strategy con
 into one :class:`~src.bank.AdapterBank`, so switching tasks costs no reload. Images are decoded once and
 every adapter runs over them in batches, in the colour mode (gray / rgb) its run was trained in. The CSV has one row per image and one column per
 ``<adapter>:<class>`` probability (softmax for binary / multiclass, sigmoid for multilabel).
+Unreadable files never cost the others: see :mod:`src.predict_inputs` (``<out>.errors.csv``, exit status 1,
+``on_bad_image``, ``dicom_frames``).
 """
 
 from __future__ import annotations
@@ -26,31 +28,14 @@ from src.atomic import atomic_write
 from src.bank import AdapterBank
 from src.config import PROJECT_ROOT
 from src.data.base import Normalize
-from src.data.image_files import DICOM_SUFFIXES, read_image
 from src.errors import UserError
 from src.melo import melo_to_adapter
 from src.merge import merge_adapters, unmerge_adapters
 from src.models.backbone import create_backbone
+from src.predict_inputs import check_bad_image_policy, collect_inputs, decode_inputs, write_errors
 from src.tasks import Task
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)
-
-
-def collect_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files as given, folders searched recursively for images and DICOMs; sorted, no duplicates."""
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise UserError(f"inputs: {path} does not exist.")
-    if not found:
-        raise UserError(f"inputs={list(inputs)} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-    return list(dict.fromkeys(found))
 
 
 def adapter_names(adapters: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
@@ -111,15 +96,20 @@ def predict(
     batch_size: int = 32,
     merge: bool = False,
     backbone_checkpoint: str | None = None,
+    dicom_frames: str = "error",
+    refused: list[tuple[str, str]] | None = None,
 ) -> tuple[list[Path], dict[str, torch.Tensor], dict[str, list[str]]]:
-    """(files, probabilities per adapter (N x C), class names per adapter)."""
-    bank, backbone = build_bank(adapters, backbone_checkpoint)
+    """(row names: files or ``<file>#<frame>``, probabilities per adapter (N x C), class names per adapter).
+    An unreadable file stops the run, unless ``refused`` is a list: then it is appended there as
+    (file, reason) and the other files are predicted."""
     files = collect_inputs(inputs)
+    bank, backbone = build_bank(adapters, backbone_checkpoint)
     # Adapters from before the colour mode was recorded were all trained on grayscale.
     colors = {name: adapter.metadata.get("color", "gray") for name, adapter in bank.adapters.items()}
-    decoded = {
-        c: torch.stack([read_image(p, backbone["img_size"], c) for p in files]) for c in set(colors.values())
-    }
+    inputs_ = decode_inputs(
+        files, backbone["img_size"], colors.values(), dicom_frames, "error" if refused is None else "skip"
+    )
+    decoded = inputs_.pixels
     normalize = Normalize(backbone["mean"], backbone["std"])
     probs, classes = {}, {}
     for name, adapter in bank.adapters.items():
@@ -133,8 +123,11 @@ def predict(
             chunks.append(logits.sigmoid() if task.type == "multilabel" else logits.softmax(-1))
         if merged:
             unmerge_adapters(bank.model)
-        probs[name], classes[name] = torch.cat(chunks), adapter.class_names
-    return files, probs, classes
+        empty = torch.empty(0, len(adapter.class_names))
+        probs[name], classes[name] = torch.cat(chunks) if chunks else empty, adapter.class_names
+    if refused is not None:
+        refused += inputs_.refused
+    return inputs_.rows, probs, classes
 
 
 def write_csv(
@@ -162,13 +155,24 @@ def main(cfg: DictConfig) -> None:
                 preset = OmegaConf.to_container(cfg.melo, resolve=True)
                 adapter = melo_to_adapter(preset["file"], preset, Path(tmp) / "adapter.safetensors")
                 adapters = {Path(preset["file"]).stem: str(adapter)}
+            check_bad_image_policy(cfg.on_bad_image)
+            refused: list[tuple[str, str]] | None = [] if cfg.on_bad_image == "skip" else None
             files, probs, classes = predict(
-                adapters, list(cfg.inputs), cfg.batch_size, cfg.merge, cfg.backbone_checkpoint
+                adapters,
+                list(cfg.inputs),
+                cfg.batch_size,
+                cfg.merge,
+                cfg.backbone_checkpoint,
+                cfg.dicom_frames,
+                refused,
             )
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
     write_csv(Path(cfg.out), files, probs, classes)
     print(f"{len(files)} images x {len(probs)} adapters -> {cfg.out}", flush=True)
+    errors = write_errors(Path(cfg.out), refused or [])
+    if errors:
+        raise SystemExit(f"error: {len(refused)} file(s) refused, each with its reason in {errors}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from torch import Tensor
 from src.atomic import atomic_write
 from src.data.base import SPLITS, ClassificationDataModule
 from src.data.cache import CachedImageDataset, build_or_load, decode_all
+from src.data.dicom import check_frame_policy
 from src.data.image_files import COLORS, ImageFileDataset
 from src.data.splits import check_label_fraction, label_fraction_indices, split_by_fractions
 from src.errors import UserError
@@ -131,7 +132,9 @@ class FileDataModule(ClassificationDataModule):
     them. ``cache=True`` decodes each split once into ``cache_dir`` (see :mod:`src.data.cache`).
     ``on_bad_image``: ``error`` stops at the first unreadable file, naming it; ``skip`` leaves such files
     out, logging each and counting them in metrics.json (without the cache, that needs one decoding pass
-    over every split before training).
+    over every split before training); reasons as :class:`~src.data.image_files.UnreadableImage` gives
+    them. ``dicom_frames``: the frame of a multi-frame DICOM to train on (``error`` refuses such files
+    naming the option, ``first``, ``middle``; see :mod:`src.data.dicom`).
     """
 
     LAYOUT: ClassVar[str] = ""
@@ -145,10 +148,11 @@ class FileDataModule(ClassificationDataModule):
         crop_margin: float = 0.125,
         on_bad_image: str = "error",
         color: str = "gray",
+        dicom_frames: str = "error",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.color = color
+        self.color, self.dicom_frames = color, dicom_frames
         self.label_fraction, self.label_fraction_seed = label_fraction, label_fraction_seed
         self.cache, self.cache_dir, self.crop_margin = cache, cache_dir, crop_margin
         self.on_bad_image = on_bad_image
@@ -164,6 +168,7 @@ class FileDataModule(ClassificationDataModule):
                 f"dataset.color={self.color!r} must be gray (8-bit grayscale, radiographs) or rgb (colour "
                 "images such as stained cells or photographs)."
             )
+        check_frame_policy(self.dicom_frames, "dataset.dicom_frames", training=True)
         if self.on_bad_image not in ("error", "skip"):
             raise UserError(f"dataset.on_bad_image={self.on_bad_image!r} must be error or skip.")
         margin = self.crop_margin
@@ -246,11 +251,14 @@ class FileDataModule(ClassificationDataModule):
                 self.num_workers,
                 self.on_bad_image == "skip",
                 self.color,
+                self.dicom_frames,
             )
             bad = entry.bad
         elif self.on_bad_image == "skip":
             desc = f"checking {self.name}/{split}"
-            bad = decode_all(part.paths, size, self.num_workers, desc, True, color=self.color)
+            bad = decode_all(
+                part.paths, size, self.num_workers, desc, True, color=self.color, frames=self.dicom_frames
+            )
         else:
             bad = []
         if bad:
@@ -264,8 +272,10 @@ class FileDataModule(ClassificationDataModule):
             part = self.splits[split] = part.subset(keep)
         args = (part.paths, part.targets, self.image_size, self.normalize, self.hflip and split == "train")
         if entry is not None:
-            return CachedImageDataset(entry.images, keep, *args, load_size=size, color=self.color)
-        return ImageFileDataset(*args, load_size=size, color=self.color)
+            return CachedImageDataset(
+                entry.images, keep, *args, load_size=size, color=self.color, frames=self.dicom_frames
+            )
+        return ImageFileDataset(*args, load_size=size, color=self.color, frames=self.dicom_frames)
 
     def report(self, out: Path) -> tuple[dict[str, Any], list[Path]]:
         """Split sizes for metrics.json; ``train_files.txt`` (the training images used, relative to the
