@@ -107,7 +107,9 @@ def multiframe(path: Path, n: int = 3) -> Path:
 
 def test_multiframe_policies(tmp_path: Path) -> None:
     path = multiframe(tmp_path / "cine")
-    with pytest.raises(UnreadableImage, match="has 3 frames; choose which with dataset.dicom_frames") as err:
+    with pytest.raises(
+        UnreadableImage, match=r"has 3 frames; choose which with dataset\.dicom_frames"
+    ) as err:
         read_image(path, 16)
     assert str(path) in str(err.value)
     level = {k: round(1000 * k / 4000 * 255) for k in range(3)}
@@ -185,6 +187,7 @@ def test_predict_inputs_keep_the_good_files_and_list_the_refused(tmp_path: Path)
     }
     errors = write_errors(tmp_path / "p.csv", decoded.refused)
     assert errors == tmp_path / "p.csv.errors.csv"
-    assert list(csv.reader(errors.open()))[0] == ["file", "reason"]
+    with errors.open(newline="") as f:
+        assert [tuple(row) for row in csv.reader(f)] == [("file", "reason"), *decoded.refused]
     with pytest.raises(UserError, match=r"cannot read image .*cine: has 3 frames.*on_bad_image=skip"):
         decode_inputs(files, 16, ["gray"], on_bad_image="error")
