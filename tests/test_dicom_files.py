@@ -191,3 +191,20 @@ def test_predict_inputs_keep_the_good_files_and_list_the_refused(tmp_path: Path)
         assert [tuple(row) for row in csv.reader(f)] == [("file", "reason"), *decoded.refused]
     with pytest.raises(UserError, match=r"cannot read image .*cine: has 3 frames.*on_bad_image=skip"):
         decode_inputs(files, 16, ["gray"], on_bad_image="error")
+
+
+def test_training_skip_names_each_file_with_its_reason(tmp_path: Path) -> None:
+    made = pacs_tree(tmp_path / "cd")
+    empty = tmp_path / "cd" / "normal" / "empty.dcm"  # an empty extensionless file is no image at all
+    empty.write_bytes(b"")
+    multiframe(made["effusion"][0])
+    module = ImageFolderDataModule(
+        root=str(tmp_path / "cd"), on_bad_image="skip", split_fractions=(0.5, 0.25, 0.25), **MODULE
+    )
+    module.check()
+    for split in ("train", "val", "test"):
+        module.build_split(split)
+    reasons = {Path(p): message for p, message in module.bad_images}
+    assert set(reasons) == {empty, made["effusion"][0]}
+    assert reasons[empty].endswith(": empty file. Replace or remove the file.")
+    assert "has 3 frames; choose which with dataset.dicom_frames" in reasons[made["effusion"][0]]
