@@ -180,5 +180,5 @@ def test_predict_cli_keeps_the_good_files_and_lists_the_refused(two_adapters, tm
         f"{cine}#3",
         str(folder / "good.png"),
     ]
-    refused = list(csv.DictReader(Path(f"{out}.errors.csv").open()))
-    assert refused == [{"file": str(folder / "empty.png"), "reason": "empty file"}]
+    with Path(f"{out}.errors.csv").open(newline="") as f:
+        assert list(csv.DictReader(f)) == [{"file": str(folder / "empty.png"), "reason": "empty file"}]
