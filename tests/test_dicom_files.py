@@ -208,3 +208,26 @@ def test_training_skip_names_each_file_with_its_reason(tmp_path: Path) -> None:
     assert set(reasons) == {empty, made["effusion"][0]}
     assert reasons[empty].endswith(": empty file. Replace or remove the file.")
     assert "has 3 frames; choose which with dataset.dicom_frames" in reasons[made["effusion"][0]]
+
+
+def test_enhanced_multiframe_takes_the_frames_own_window(tmp_path: Path) -> None:
+    # Enhanced objects carry rescale / window per frame in functional groups (PS3.3 C.7.6.16): the shared
+    # group rescales every frame by 2; frame 2's window centres on its own values.
+    path = multiframe(tmp_path / "enhanced")
+    ds = pydicom.dcmread(path)
+    del ds.RescaleSlope, ds.RescaleIntercept
+    shared, transform = Dataset(), Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 2, 0, "US"
+    shared.PixelValueTransformationSequence = [transform]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for k in range(3):
+        window, item = Dataset(), Dataset()
+        window.WindowCenter, window.WindowWidth, window.VOILUTFunction = 2000 * k + 1, 1000, "LINEAR_EXACT"
+        item.FrameVOILUTSequence = [window]
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.save_as(path)
+    # Frame 1 (middle) stores 1000 -> 2000 after rescale, window centre 2001, width 1000 (LINEAR_EXACT).
+    expected = np.clip((2000 - 2001) / 1000 + 0.5, 0, 1) * 255
+    assert abs(int(read_image(path, 16, frames="middle")[5, 5]) - expected) <= 1
