@@ -32,7 +32,7 @@ from src.errors import UserError
 from src.melo import melo_to_adapter
 from src.merge import merge_adapters, unmerge_adapters
 from src.models.backbone import create_backbone
-from src.predict_inputs import check_bad_image_policy, collect_inputs, decode_inputs, write_errors
+from src.predict_inputs import check_options, collect_inputs, decode_inputs, write_errors
 from src.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def main(cfg: DictConfig) -> None:
                 preset = OmegaConf.to_container(cfg.melo, resolve=True)
                 adapter = melo_to_adapter(preset["file"], preset, Path(tmp) / "adapter.safetensors")
                 adapters = {Path(preset["file"]).stem: str(adapter)}
-            check_bad_image_policy(cfg.on_bad_image)
+            check_options(cfg.on_bad_image, cfg.dicom_frames)
             refused: list[tuple[str, str]] | None = [] if cfg.on_bad_image == "skip" else None
             files, probs, classes = predict(
                 adapters,

@@ -55,6 +55,12 @@ class DecodedInputs:
     refused: list[tuple[str, str]] = field(default_factory=list)
 
 
+def check_options(on_bad_image: str, dicom_frames: str) -> None:
+    """predict's ``on_bad_image`` and ``dicom_frames``, checked before the model is built."""
+    check_bad_image_policy(on_bad_image)
+    check_frame_policy(dicom_frames, "dicom_frames")
+
+
 def check_bad_image_policy(policy: str) -> None:
     """A :class:`UserError` naming ``on_bad_image`` unless it is skip or error."""
     if policy not in BAD_IMAGE_POLICIES:

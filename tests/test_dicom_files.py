@@ -18,7 +18,7 @@ from src.data.image_files import UnreadableImage, image_files, read_image
 from src.data.image_folder import ImageFolderDataModule
 from src.data.table import CSVDataModule
 from src.errors import UserError
-from src.predict_inputs import collect_inputs, decode_inputs, write_errors
+from src.predict_inputs import check_options, collect_inputs, decode_inputs, write_errors
 from tests.test_predict import write_dicom
 
 MODULE = {"name": "dicoms", "mean": (0.5,) * 3, "std": (0.5,) * 3, "image_size": 16}
@@ -231,3 +231,11 @@ def test_enhanced_multiframe_takes_the_frames_own_window(tmp_path: Path) -> None
     # Frame 1 (middle) stores 1000 -> 2000 after rescale, window centre 2001, width 1000 (LINEAR_EXACT).
     expected = np.clip((2000 - 2001) / 1000 + 0.5, 0, 1) * 255
     assert abs(int(read_image(path, 16, frames="middle")[5, 5]) - expected) <= 1
+
+
+def test_predict_options_are_checked_naming_the_key() -> None:
+    check_options("skip", "all")
+    with pytest.raises(UserError, match=r"on_bad_image='sometimes' must be skip .* or error"):
+        check_options("sometimes", "all")
+    with pytest.raises(UserError, match=r"dicom_frames='every' must be one of error, first, middle, all"):
+        check_options("error", "every")

@@ -227,7 +227,10 @@ def _gray_to_unit(arr: np.ndarray, ds) -> np.ndarray:
     has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
     if has_lut:
         # The VOI LUT's output range is fixed by its descriptor's bits per entry (PS3.3 C.11.2.1.1).
-        out = apply_voi_lut(values.astype(np.int64) if values.dtype.kind == "f" else values, ds, index=0)
+        # The LUT is indexed by integers: rescaled (float) values are rounded to the nearest entry.
+        out = apply_voi_lut(
+            np.rint(values).astype(np.int64) if values.dtype.kind == "f" else values, ds, index=0
+        )
         lo, hi = 0.0, float(2 ** int(lut[0].LUTDescriptor[2]) - 1)
     elif has_window:
         out = apply_voi_lut(values, ds, index=0)
