@@ -22,7 +22,7 @@ from src.errors import UserError
 from src.models.module import ClassificationModule
 from src.summary import write_json
 from src.tasks import Task
-from src.train import build_model
+from src.train import backbone_config, build_model
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best") -> tuple[dict[str, f
     datamodule.check()
     task = Task(datamodule.task_type, datamodule.class_names, cfg.loss.label_smoothing)
     model, _ = build_model(cfg, task)
-    module = ClassificationModule(model, task, OmegaConf.to_container(cfg.optim, resolve=True))
+    module = ClassificationModule(
+        model, task, OmegaConf.to_container(cfg.optim, resolve=True), backbone_config(cfg)
+    )
     read_checkpoint(ckpt, module)  # a clear error for a foreign, damaged or unsafe file, before Lightning
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
