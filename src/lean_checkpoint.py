@@ -38,11 +38,8 @@ _cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, str]] = weakref.WeakKe
 
 def frozen_tensors(module: nn.Module) -> dict[str, Tensor]:
     """State-dict name -> frozen parameter (``requires_grad=False``): what a lean checkpoint leaves out."""
-    return {
-        name: t
-        for name, t in module.state_dict(keep_vars=True).items()
-        if isinstance(t, nn.Parameter) and not t.requires_grad
-    }
+    # Parameter names are their state-dict keys; named_parameters is several times cheaper than state_dict.
+    return {n: p for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
 
 def checksum(tensors: Mapping[str, Tensor]) -> str:
