@@ -388,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--images", type=int, default=512, help="PNGs behind the cache loader")
+    parser.add_argument(
+        "--images", type=int, default=2560, help="PNGs behind the cache loader (>= one epoch)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     clock, out = Clock(args.budget), args.out or default_out()
