@@ -39,9 +39,12 @@ from src.train import backbone_config, build_model
 STRATEGIES = ["linear", "lora", "lora_melo", "dora", "bitfit", "sparse", "full"]
 
 
-def trained_trainer(peft: str, tmp: Path) -> tuple[L.Trainer, ClassificationModule]:
+def trained_trainer(
+    peft: str, tmp: Path, accelerator: str = "cpu", backbone: str = "vit_base"
+) -> tuple[L.Trainer, ClassificationModule]:
+    """A trainer that has run one optimizer step of ``peft`` (also used by bench/gpu_check.py on a GPU)."""
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["backbone=vit_base", f"peft={peft}", "rank=4"])
+        cfg = compose("train", overrides=[f"backbone={backbone}", f"peft={peft}", "rank=4"])
     task = Task("binary", ("normal", "finding"))
     model, _ = build_model(
         cfg, task
@@ -49,9 +52,12 @@ def trained_trainer(peft: str, tmp: Path) -> tuple[L.Trainer, ClassificationModu
     module = ClassificationModule(
         model, task, OmegaConf.to_container(cfg.optim, resolve=True), backbone_config(cfg)
     )
-    data = TensorDataset(torch.randn(2, 3, 224, 224), torch.tensor([0, 1]))
+    size = cfg.backbone.img_size
+    data = TensorDataset(torch.randn(2, 3, size, size), torch.tensor([0, 1]))
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
+        devices=1,
+        precision="bf16-mixed" if accelerator == "gpu" else "32-true",
         max_steps=1,
         logger=False,
         enable_checkpointing=False,

@@ -11,7 +11,8 @@ Sections, each recorded as ok / FAILED (with the error) / skipped, none stopping
 4. ``throughput``: training images/s of ViT-B/16 at 224 px, batch 64, ``bf16-mixed``, for linear, LoRA r=4
    (qkv and q/v), sparse (LoRA's count) and full fine-tuning, fed by the ``dataset=image_folder`` loader
    over its preprocessed cache and by in-memory tensors: the ratio says whether the loader or the model
-   bounds training.
+   bounds training;
+5. ``checkpoints``: ``last.ckpt`` save time and size on the device, lean vs whole (LoRA r=4, linear).
 
 Writes one Markdown file naming the device: ``$OUT/gpu_check.md`` when ``$OUT`` is set, else
 ``bench/results/gpu_check.md`` (``--out`` overrides), rewritten after every section so a killed run keeps
@@ -40,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # `src` from this checkout, and the sibling benchmarks
 
-SECTIONS = ("fdr", "sparse", "ddp", "throughput")
+SECTIONS = ("fdr", "sparse", "ddp", "throughput", "checkpoints")
 # Throughput arms: name -> overrides (rank 4 everywhere; sparse at LoRA's trainable count).
 ARMS = {
     "linear": ["peft=linear"],
@@ -355,6 +356,37 @@ def section_throughput(args: argparse.Namespace, clock: Clock, tmp: Path) -> tup
     return ("FAILED: " + ", ".join(bad) if bad else "ok"), rows
 
 
+# --- 5. checkpoint saves on the device: lean vs whole ------------------------------------------------------
+
+
+def section_checkpoints(args: argparse.Namespace, clock: Clock, tmp: Path) -> tuple[str, list[str]]:
+    from bench_checkpoints import timed_save, trained_trainer
+
+    rows = [
+        "One AdamW step trained on the device (bf16-mixed on a GPU), then `trainer.save_checkpoint` of "
+        "`last.ckpt` (atomic, fsync'ed), lean (default) and whole (all weights, as before), alternating, "
+        f"median of {args.saves}; as bench/bench_checkpoints.py, which has every strategy on the CPU.",
+        "",
+        "| peft | lean MB | whole MB | lean save | whole save | whole / lean |",
+        "|---|---|---|---|---|---|",
+    ]
+    for peft in ("lora", "linear"):
+        trainer, _ = trained_trainer(peft, tmp, accelerator(args.device), "tiny" if args.tiny else "vit_base")
+        path = tmp / "last.ckpt"
+        timed_save(trainer, path, lean=True)  # the first save also hashes the frozen weights (once per run)
+        lean, whole = [], []
+        for i in range(args.saves):
+            for kind in ("lean", "whole") if i % 2 == 0 else ("whole", "lean"):
+                (lean if kind == "lean" else whole).append(timed_save(trainer, path, kind == "lean"))
+        ls, ws = (sorted(s for s, *_ in runs)[len(runs) // 2] for runs in (lean, whole))
+        rows.append(
+            f"| {peft} | {lean[0][1] / 1e6:.2f} | {whole[0][1] / 1e6:.1f} | {1e3 * ls:.1f} ms | {1e3 * ws:.0f} ms "
+            f"| {ws / ls:.0f}x |"
+        )
+        del trainer
+    return "ok", rows
+
+
 # --- driver ----------------------------------------------------------------------------------------------
 
 
@@ -391,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--images", type=int, default=2560, help="PNGs behind the cache loader (>= one epoch)"
     )
+    parser.add_argument("--saves", type=int, default=3, help="checkpoints: saves of each kind")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     clock, out = Clock(args.budget), args.out or default_out()
@@ -414,12 +447,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     runners: dict[str, Callable] = {
         "fdr": section_fdr, "sparse": section_sparse, "ddp": section_ddp, "throughput": section_throughput,
+        "checkpoints": section_checkpoints,
     }  # fmt: skip
     titles = {
         "fdr": "fast_dev_run of every strategy, bf16-mixed",
         "sparse": "sparse delta layer on the device vs CPU and a dense fp64 reference",
         "ddp": "2-GPU DDP",
         "throughput": "training throughput, cache loader vs in-memory tensors",
+        "checkpoints": "checkpoint saves on the device, lean vs whole",
     }
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         for name in args.sections.split(","):

@@ -2,6 +2,8 @@
 
 Rebuilds the dataset and model from the run's resolved ``config.yaml``, loads its best (or last, or a given)
 checkpoint, runs the test split and prints each test metric beside the value in the run's ``metrics.json``.
+Checkpoints hold no frozen weights: those come from the rebuilt backbone, whose checksum must match the run's
+(:mod:`src.lean_checkpoint`).
 Exits non-zero when any differs by more than ``tolerance``. Writes ``eval.json`` into the run dir.
 """
 

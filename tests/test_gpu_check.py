@@ -14,7 +14,7 @@ import gpu_check
 def test_every_section_runs_on_the_cpu_and_writes_one_file(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("OUT", str(tmp_path))
     args = ["--device", "cpu", "--tiny", "--strategies", "linear", "--arms", "lora_qv", "--batch", "4"]
-    args += ["--warmup", "1", "--steps", "1", "--images", "8"]
+    args += ["--warmup", "1", "--steps", "1", "--images", "8", "--saves", "1"]
     assert gpu_check.main(args) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["gpu_check.md"]
     text = (tmp_path / "gpu_check.md").read_text()
@@ -25,6 +25,11 @@ def test_every_section_runs_on_the_cpu_and_writes_one_file(tmp_path: Path, monke
     row = next(line for line in text.splitlines() if line.startswith("| lora_qv |"))
     fed, memory = (float(cell.replace(",", "")) for cell in row.split("|")[2:4])
     assert fed > 0 and memory > 0 and row.rstrip(" |").endswith(("loader", "model"))
+    assert "## checkpoint saves on the device, lean vs whole: ok" in text
+    lean_mb, whole_mb = (
+        float(c) for c in next(x for x in text.splitlines() if x.startswith("| lora |")).split("|")[2:4]
+    )
+    assert 0 < lean_mb < whole_mb / 5
 
 
 def test_a_failing_section_is_recorded_and_the_rest_still_run(tmp_path: Path, monkeypatch) -> None:
