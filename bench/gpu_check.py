@@ -345,7 +345,7 @@ def section_throughput(args: argparse.Namespace, clock: Clock, tmp: Path) -> tup
             ceiling = throughput(arm, memory, args, tmp, steps)
             ratio = fed / ceiling
             bound = "loader" if ratio < 0.9 else "model"
-            rows.append(f"| {arm} | {fed:,.0f} | {ceiling:,.0f} | {ratio:.2f} | {bound} |")
+            rows.append(f"| {arm} | {rate(fed)} | {rate(ceiling)} | {ratio:.2f} | {bound} |")
         except Exception as err:
             bad.append(arm)
             rows.append(f"| {arm} | FAILED: {one_line(err)} | | | |")
@@ -388,6 +388,10 @@ def section_checkpoints(args: argparse.Namespace, clock: Clock, tmp: Path) -> tu
 
 
 # --- driver ----------------------------------------------------------------------------------------------
+
+
+def rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
 def one_line(err: BaseException) -> str:
