@@ -19,7 +19,7 @@ Writes one Markdown file naming the device: ``$OUT/gpu_check.md`` when ``$OUT`` 
 what it measured. A global time guard (``--budget``) skips what no longer fits. ``--device cpu --tiny`` runs
 every section on the pocket model in seconds (CI: tests/test_gpu_check.py).
 
-    python bench/gpu_check.py [--device cuda|cpu] [--tiny] [--budget 540] [--sections fdr,sparse,ddp,throughput]
+    python bench/gpu_check.py [--device cuda|cpu] [--tiny] [--budget 500] [--sections fdr,sparse,ddp,throughput]
 """
 
 from __future__ import annotations
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="pocket model, small sizes: the CPU test")
-    parser.add_argument("--budget", type=float, default=540.0, help="seconds for everything (time guard)")
+    parser.add_argument("--budget", type=float, default=500.0, help="seconds for everything (time guard)")
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--strategies", default="", help="fdr: comma list (default: every conf/peft/*.yaml)")
     parser.add_argument("--arms", default=",".join(ARMS))
