@@ -19,7 +19,7 @@ Writes one Markdown file naming the device: ``$OUT/gpu_check.md`` when ``$OUT`` 
 what it measured. A global time guard (``--budget``) skips what no longer fits. ``--device cpu --tiny`` runs
 every section on the pocket model in seconds (CI: tests/test_gpu_check.py).
 
-    python bench/gpu_check.py [--device cuda|cpu] [--tiny] [--budget 500] [--sections fdr,sparse,ddp,throughput]
+    python bench/gpu_check.py [--device cuda|cpu] [--tiny] [--budget 500] [--sections fdr,sparse,ddp,throughput,checkpoints]
 """
 
 from __future__ import annotations
