@@ -2,6 +2,8 @@
 
 Rebuilds the dataset and model from the run's resolved ``config.yaml``, loads its best (or last, or a given)
 checkpoint, runs the test split and prints each test metric beside the value in the run's ``metrics.json``.
+Checkpoints hold no frozen weights: those come from the rebuilt backbone, whose checksum must match the run's
+(:mod:`src.lean_checkpoint`).
 Exits non-zero when any differs by more than ``tolerance``. Writes ``eval.json`` into the run dir.
 """
 
@@ -22,7 +24,7 @@ from src.errors import UserError
 from src.models.module import ClassificationModule
 from src.summary import write_json
 from src.tasks import Task
-from src.train import build_model
+from src.train import backbone_config, build_model
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,9 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best") -> tuple[dict[str, f
     datamodule.check()
     task = Task(datamodule.task_type, datamodule.class_names, cfg.loss.label_smoothing)
     model, _ = build_model(cfg, task)
-    module = ClassificationModule(model, task, OmegaConf.to_container(cfg.optim, resolve=True))
+    module = ClassificationModule(
+        model, task, OmegaConf.to_container(cfg.optim, resolve=True), backbone_config(cfg)
+    )
     read_checkpoint(ckpt, module)  # a clear error for a foreign, damaged or unsafe file, before Lightning
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,

@@ -64,6 +64,11 @@ def build_model(cfg: DictConfig, task: Task) -> tuple[nn.Module, Strategy]:
     return strategy.apply(model), strategy
 
 
+def backbone_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved backbone config: what rebuilds the frozen weights (adapters, lean checkpoints)."""
+    return OmegaConf.to_container(cfg.backbone, resolve=True)
+
+
 def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task, color: str = "gray") -> dict[str, str]:
     return {
         "backbone": cfg.backbone.name,
@@ -73,7 +78,7 @@ def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task, color: str
         "class_names": class_names_json(task.class_names),
         **strategy.metadata(),
         # Enough to rebuild the exact model around the adapter later (predict, adapter bank).
-        "backbone_config": json.dumps(OmegaConf.to_container(cfg.backbone, resolve=True)),
+        "backbone_config": json.dumps(backbone_config(cfg)),
         "strategy_config": json.dumps(OmegaConf.to_container(cfg.peft, resolve=True)),
     }
 
@@ -119,7 +124,9 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
         "trainable parameters: %s / %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
     )
 
-    module = ClassificationModule(model, task, OmegaConf.to_container(cfg.optim, resolve=True))
+    module = ClassificationModule(
+        model, task, OmegaConf.to_container(cfg.optim, resolve=True), backbone_config(cfg)
+    )
     if resume is not None:
         step = read_checkpoint(resume, module).get("global_step")
         log.info("resuming from %s (step %s)", resume, step)

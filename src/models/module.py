@@ -2,6 +2,7 @@
 
 It knows nothing of PEFT strategies: whatever parameters the strategy left trainable are optimised.
 The test split's scores and targets are kept (gathered across DDP processes) for the run's figures.
+Checkpoints leave the frozen weights out and record how to rebuild them (:mod:`src.lean_checkpoint`).
 """
 
 from __future__ import annotations
@@ -12,16 +13,27 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from src.lean_checkpoint import make_lean, restore_frozen
 from src.optim import build_optimizer, warmup_cosine, warmup_steps
 from src.tasks import Task
 
 
 class ClassificationModule(L.LightningModule):
-    """Trains ``model`` (images -> logits) on ``task``; picks no weights itself."""
+    """Trains ``model`` (images -> logits) on ``task``; picks no weights itself.
 
-    def __init__(self, model: nn.Module, task: Task, optim: dict[str, Any]) -> None:
+    ``backbone_config``: the resolved backbone config, recorded in checkpoints as the source of the frozen weights.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        optim: dict[str, Any],
+        backbone_config: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
+        self.backbone_config = backbone_config
         self.task = task
         self.optim = dict(optim)
         self.save_hyperparameters({"task": task.type, "class_names": list(task.class_names), "optim": optim})
@@ -84,3 +96,9 @@ class ClassificationModule(L.LightningModule):
         warmup = warmup_steps(total, self.trainer.max_epochs, warmup, warmup_epochs)
         scheduler = warmup_cosine(optimizer, total, warmup, min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        make_lean(self, checkpoint, self.backbone_config)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_frozen(self, checkpoint, backbone=self.backbone_config)
