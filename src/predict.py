@@ -97,6 +97,7 @@ def build_bank(
         pretrained=backbone.get("pretrained", False),
         checkpoint=checkpoint,
         model_kwargs=backbone.get("kwargs") or {},
+        allow_missing=backbone.get("allow_missing") or [],
     )
     bank = AdapterBank(strategy.apply(model))
     for name, path in named.items():

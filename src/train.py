@@ -30,7 +30,12 @@ from src.config import PROJECT_ROOT, instantiate_user, validate_config
 from src.data.base import ClassificationDataModule
 from src.errors import Preempted, UserError, as_user_error
 from src.figures import write_figures
-from src.models.backbone import create_backbone
+from src.models.backbone import (
+    create_backbone,
+    load_report_entries,
+    load_report_files,
+    remember_load_report,
+)
 from src.models.module import ClassificationModule
 from src.resume import (
     keep_csv_log,
@@ -53,15 +58,18 @@ def build_model(cfg: DictConfig, task: Task) -> tuple[nn.Module, Strategy]:
     """Backbone + new head, with the strategy applied."""
     strategy: Strategy = instantiate(cfg.peft)
     b = cfg.backbone
-    model, _ = create_backbone(
+    model, report = create_backbone(
         name=b.name,
         num_classes=task.num_outputs,
         img_size=b.img_size,
         pretrained=b.pretrained,
         checkpoint=b.checkpoint,
         model_kwargs=OmegaConf.to_container(b.kwargs, resolve=True),
+        allow_missing=list(b.get("allow_missing") or []),
     )
-    return strategy.apply(model), strategy
+    model = strategy.apply(model)
+    remember_load_report(model, report)
+    return model, strategy
 
 
 def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task, color: str = "gray") -> dict[str, str]:
@@ -154,6 +162,7 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
         return {k: float(v) for k, v in scores.items()}, model
 
     extras, files = datamodule.report(out)
+    extras, files = {**extras, **load_report_entries(model)}, [*files, *load_report_files(model, out)]
     strategy_extras, strategy_files = strategy.report(model, out)
     extras, files = {**extras, **strategy_extras}, [*files, *strategy_files]
     if module.test_predictions is not None:  # None with test=false, or after ddp_spawn's own processes

@@ -84,6 +84,8 @@ def test_melo_recipe_builds_melo_model_and_protocol(dataset: str, tmp_path: Path
         0,
     )
     assert cfg.optim.weight_decay == 0 and cfg.trainer.max_epochs == 20
+    # every MeLo dataloader normalises with ImageNet's mean / std
+    assert list(cfg.dataset.mean) == [0.485, 0.456, 0.406] and list(cfg.dataset.std) == [0.229, 0.224, 0.225]
     assert cfg.dataset.batch_size == batch and cfg.loss.label_smoothing == smoothing
     assert (cfg.peft.targets, cfg.peft.rank, cfg.peft.alpha) == ("qv", 4, 4)
     trainable, total, pct, adapter = counts(model)
