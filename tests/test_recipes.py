@@ -215,6 +215,7 @@ def test_medpeft_recipe_trains_end_to_end_on_a_fixture_tree(tmp_path: Path) -> N
         "medpeft.model=cxr_mae",
         "dataset=rsna_pneumonia",
         f"dataset.root={root}",
+        "medpeft.allow_own_splits=true",  # a fixture tree without MED-PEFT's lists
     ]
     pocket = f"backbone.checkpoint={PROJECT_ROOT}/weights/pocket_tiny.safetensors"
     tiny = ["backbone=tiny", pocket, "dataset.batch_size=4", "dataset.num_workers=0"]
