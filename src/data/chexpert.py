@@ -153,6 +153,11 @@ def uncertainty_policies(uncertainty: str | Mapping[str, str]) -> dict[str, str]
     """``dataset.uncertainty`` as one policy per finding: a single value applies to all five; a mapping must
     name each finding once (a finding left out would silently fall back to some default)."""
     if isinstance(uncertainty, str):
+        if uncertainty not in UNCERTAIN:
+            raise UserError(
+                f"dataset.uncertainty={uncertainty!r} is unknown; choose one of {list(UNCERTAIN)}, or one per "
+                "finding: {Atelectasis: u_ones, Cardiomegaly: u_zeros, ...}."
+            )
         given = dict.fromkeys(FINDINGS, uncertainty)
     elif isinstance(uncertainty, Mapping):
         given = {str(k): v for k, v in uncertainty.items()}
