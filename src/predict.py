@@ -25,8 +25,8 @@ from src.adapter import read_metadata
 from src.atomic import atomic_write
 from src.bank import AdapterBank
 from src.config import PROJECT_ROOT
-from src.data.base import Normalize
-from src.data.image_files import DICOM_SUFFIXES, read_image
+from src.data.image_files import DICOM_SUFFIXES
+from src.data.protocol_dataset import predict_inputs
 from src.errors import UserError
 from src.melo import melo_to_adapter
 from src.merge import merge_adapters, unmerge_adapters
@@ -116,20 +116,28 @@ def predict(
     """(files, probabilities per adapter (N x C), class names per adapter)."""
     bank, backbone = build_bank(adapters, backbone_checkpoint)
     files = collect_inputs(inputs)
-    # Adapters from before the colour mode was recorded were all trained on grayscale.
-    colors = {name: adapter.metadata.get("color", "gray") for name, adapter in bank.adapters.items()}
-    decoded = {
-        c: torch.stack([read_image(p, backbone["img_size"], c) for p in files]) for c in set(colors.values())
+    # Each adapter's decoding (colour mode, resize / DICOM rules, protocol transform), decoded once per kind;
+    # adapters from before these were recorded were all trained on grayscale squares.
+    keys = ("color", "resize", "dicom_intensity", "protocol")
+    modes = {name: tuple(a.metadata.get(k, "") for k in keys) for name, a in bank.adapters.items()}
+    loaders = {
+        mode: predict_inputs(
+            files,
+            {k: v for k, v in zip(keys, mode, strict=True) if v},
+            backbone["img_size"],
+            backbone["mean"],
+            backbone["std"],
+        )
+        for mode in set(modes.values())
     }
-    normalize = Normalize(backbone["mean"], backbone["std"])
     probs, classes = {}, {}
     for name, adapter in bank.adapters.items():
         bank.switch(name)
         task = Task(adapter.metadata["task"], tuple(adapter.class_names))
         merged = merge_adapters(bank.model) if merge else 0
-        chunks, pixels = [], decoded[colors[name]]
-        for i in range(0, len(pixels), batch_size):
-            batch = torch.stack([normalize(img) for img in pixels[i : i + batch_size]])
+        chunks, batches = [], loaders[modes[name]]
+        for i in range(0, len(files), batch_size):
+            batch = batches(i, i + batch_size)
             logits = bank.model(batch).float()
             chunks.append(logits.sigmoid() if task.type == "multilabel" else logits.softmax(-1))
         if merged:

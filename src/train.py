@@ -28,6 +28,7 @@ from src.adapter import class_names_json, save_adapter
 from src.checkpoint_io import read_checkpoint
 from src.config import PROJECT_ROOT, instantiate_user, validate_config
 from src.data.base import ClassificationDataModule
+from src.data.protocol_dataset import decoding_metadata
 from src.errors import Preempted, UserError, as_user_error
 from src.figures import write_figures
 from src.models.backbone import (
@@ -169,7 +170,8 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
         files += write_figures(*module.test_predictions, task, out)
 
     adapter_path = out / "adapter.safetensors"
-    adapter_bytes = save_adapter(model, adapter_path, adapter_metadata(cfg, strategy, task, datamodule.color))
+    metadata = adapter_metadata(cfg, strategy, task, datamodule.color) | decoding_metadata(datamodule)
+    adapter_bytes = save_adapter(model, adapter_path, metadata)
     metrics: dict[str, Any] = {
         **{k: float(v) for k, v in scores.items()},
         "trainable_params": trainable,

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from src.atomic import atomic_directory
 from src.data.image_files import ImageFileDataset, read_image
+from src.data.transforms import DEFAULT_DECODE, Decode
 from src.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -40,15 +41,17 @@ class DecodeJobs(Dataset):
     """Decoding as a dataset, so that a DataLoader spreads it over worker processes: each item is
     ``(index, pixels or None, error message)``; a bad file is reported, never raised in a worker."""
 
-    def __init__(self, paths: Sequence[Path], size: int, color: str = "gray") -> None:
-        self.paths, self.size, self.color = list(paths), size, color
+    def __init__(
+        self, paths: Sequence[Path], size: int, color: str = "gray", decode: Decode = DEFAULT_DECODE
+    ) -> None:
+        self.paths, self.size, self.color, self.decode = list(paths), size, color, decode
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, Tensor | None, str]:
         try:
-            return index, read_image(self.paths[index], self.size, self.color), ""
+            return index, read_image(self.paths[index], self.size, self.color, self.decode), ""
         except UserError as err:
             return index, None, str(err)
 
@@ -61,11 +64,12 @@ def decode_all(
     skip_bad: bool,
     sink: Callable[[int, Tensor], None] | None = None,
     color: str = "gray",
+    decode: Decode = DEFAULT_DECODE,
 ) -> list[tuple[int, str]]:
     """Decode every file with ``num_workers`` processes, handing each image to ``sink``; returns the
     (index, message) of unreadable files, or raises on the first one unless ``skip_bad``."""
     loader = DataLoader(
-        DecodeJobs(paths, size, color),
+        DecodeJobs(paths, size, color, decode),
         batch_size=None,
         num_workers=num_workers,
         prefetch_factor=8 if num_workers else None,
@@ -91,7 +95,9 @@ def _digest(lines: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def entry_name(paths: Sequence[Path], split: str, size: int, color: str = "gray") -> tuple[str, str]:
+def entry_name(
+    paths: Sequence[Path], split: str, size: int, color: str = "gray", decode: Decode = DEFAULT_DECODE
+) -> tuple[str, str]:
     """(prefix shared by every version of this file list, full name with the sources' stamp)."""
     names = [str(Path(p).resolve()) for p in paths]
     try:
@@ -99,7 +105,7 @@ def entry_name(paths: Sequence[Path], split: str, size: int, color: str = "gray"
     except FileNotFoundError as err:
         raise UserError(f"image {err.filename} disappeared while building the cache; re-run.") from None
     stamp = _digest([f"v{CACHE_VERSION}", *(f"{s.st_size} {s.st_mtime_ns}" for s in stats)])
-    prefix = f"{split}_{size}px_{color}_{_digest(names)}"
+    prefix = f"{split}_{size}px_{color}{decode.key()}_{_digest(names)}"
     return prefix, f"{prefix}_{stamp}"
 
 
@@ -121,15 +127,16 @@ def build_or_load(
     num_workers: int,
     skip_bad: bool,
     color: str = "gray",
+    decode: Decode = DEFAULT_DECODE,
 ) -> CacheEntry:
     """The cache entry of ``paths`` at ``size`` in ``color`` mode: reused when current, else built (and
     stale ones removed)."""
     folder = Path(cache_dir).expanduser() / dataset
-    prefix, name = entry_name(paths, split, size, color)
+    prefix, name = entry_name(paths, split, size, color, decode)
     final = folder / name
     if not (final / "meta.json").exists():
         desc = f"caching {dataset}/{split} at {size}px {color}"
-        _build(paths, size, final, num_workers, skip_bad, desc, color)
+        _build(paths, size, final, num_workers, skip_bad, desc, color, decode)
         for stale in folder.glob(f"{prefix}_*"):
             if stale.name != name:
                 shutil.rmtree(stale, ignore_errors=True)
@@ -151,6 +158,7 @@ def _build(
     skip_bad: bool,
     desc: str,
     color: str = "gray",
+    decode: Decode = DEFAULT_DECODE,
 ) -> None:
     start = time.perf_counter()
     shape = (len(paths), size, size, 3) if color == "rgb" else (len(paths), size, size)
@@ -160,7 +168,7 @@ def _build(
         def write(index: int, pixels: Tensor) -> None:
             images[index] = pixels.numpy()
 
-        bad = decode_all(paths, size, num_workers, desc, skip_bad, sink=write, color=color)
+        bad = decode_all(paths, size, num_workers, desc, skip_bad, sink=write, color=color, decode=decode)
         images.flush()
         meta = {"version": CACHE_VERSION, "size": size, "color": color, "count": len(paths), "bad": bad}
         meta["paths"] = [str(p) for p in paths]

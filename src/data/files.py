@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from src.atomic import atomic_write
 from src.data.base import SPLITS, ClassificationDataModule
 from src.data.cache import CachedImageDataset, build_or_load, decode_all
 from src.data.image_files import COLORS, ImageFileDataset
+from src.data.protocol_dataset import ProtocolImageDataset
 from src.data.splits import check_label_fraction, label_fraction_indices, split_by_fractions
+from src.data.transforms import Decode, protocol_transform
 from src.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -145,10 +148,16 @@ class FileDataModule(ClassificationDataModule):
         crop_margin: float = 0.125,
         on_bad_image: str = "error",
         color: str = "gray",
+        resize: str = "pil",
+        dicom_intensity: str = "window",
+        protocol: str = "squash",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.color = color
+        # The papers' decoding and transform rules (src.data.transforms): resize pil | tensor (MeLo),
+        # dicom_intensity window | max255 (MED-PEFT), protocol squash | medpeft_mrm | medpeft_cxr_mae.
+        self.decode, self.protocol = Decode(resize, dicom_intensity), protocol
         self.label_fraction, self.label_fraction_seed = label_fraction, label_fraction_seed
         self.cache, self.cache_dir, self.crop_margin = cache, cache_dir, crop_margin
         self.on_bad_image = on_bad_image
@@ -225,8 +234,13 @@ class FileDataModule(ClassificationDataModule):
         """Pixels per side an image of ``split`` is decoded to (the margin is for the training crop)."""
         return math.ceil(self.image_size * (1 + self.crop_margin)) if split == "train" else self.image_size
 
-    def build_split(self, split: str) -> ImageFileDataset:
+    def build_split(self, split: str) -> Dataset:
         self.check()
+        mean, std = (t.flatten().tolist() for t in (self.normalize.mean, self.normalize.std))
+        transform = protocol_transform(self.protocol, split, self.image_size, mean, std)
+        if transform is not None:  # whole images through the paper's own transforms, decoded on access
+            return ProtocolImageDataset(self.splits[split].paths, self.splits[split].targets, transform,
+                                        self.color, self.decode)  # fmt: skip
         part, size = self.splits[split], self.load_size(split)
         entry, keep = None, range(len(part))
         if self.cache:
@@ -246,11 +260,14 @@ class FileDataModule(ClassificationDataModule):
                 self.num_workers,
                 self.on_bad_image == "skip",
                 self.color,
+                self.decode,
             )
             bad = entry.bad
         elif self.on_bad_image == "skip":
             desc = f"checking {self.name}/{split}"
-            bad = decode_all(part.paths, size, self.num_workers, desc, True, color=self.color)
+            bad = decode_all(
+                part.paths, size, self.num_workers, desc, True, color=self.color, decode=self.decode
+            )
         else:
             bad = []
         if bad:
@@ -264,8 +281,10 @@ class FileDataModule(ClassificationDataModule):
             part = self.splits[split] = part.subset(keep)
         args = (part.paths, part.targets, self.image_size, self.normalize, self.hflip and split == "train")
         if entry is not None:
-            return CachedImageDataset(entry.images, keep, *args, load_size=size, color=self.color)
-        return ImageFileDataset(*args, load_size=size, color=self.color)
+            return CachedImageDataset(
+                entry.images, keep, *args, load_size=size, color=self.color, decode=self.decode
+            )
+        return ImageFileDataset(*args, load_size=size, color=self.color, decode=self.decode)
 
     def report(self, out: Path) -> tuple[dict[str, Any], list[Path]]:
         """Split sizes for metrics.json; ``train_files.txt`` (the training images used, relative to the

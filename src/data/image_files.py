@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from src.data.transforms import DEFAULT_DECODE, Decode, read_dicom_max255, resize_to
 from src.errors import UserError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -19,14 +20,19 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 COLORS = ("gray", "rgb")
 
 
-def read_image(path: Path, size: int, color: str = "gray") -> Tensor:
+def read_image(path: Path, size: int, color: str = "gray", decode: Decode = DEFAULT_DECODE) -> Tensor:
     """Any supported file (PNG / JPEG / TIFF / BMP or DICOM) as a (size, size) uint8 grayscale tensor, or
-    (size, size, 3) uint8 RGB with ``color="rgb"`` (a DICOM's grayscale repeated into the three channels)."""
+    (size, size, 3) uint8 RGB with ``color="rgb"`` (a DICOM's grayscale repeated into the three channels).
+    ``decode``: the papers' resize and DICOM intensity rules (src.data.transforms)."""
     if color not in COLORS:
         raise UserError(f"colour mode {color!r} is unknown: use gray or rgb (dataset.color).")
     if Path(path).suffix.lower() in DICOM_SUFFIXES:
+        if decode.dicom_intensity == "max255":
+            return read_dicom_max255(path, size, color, decode.resize)
+        if decode.resize != "pil":
+            raise UserError(f"{path}: dataset.resize={decode.resize} applies to PNG / JPEG files, not DICOM.")
         return read_dicom(path, size, color)
-    return read_pil(path, size, "RGB" if color == "rgb" else "L")
+    return read_pil(path, size, "RGB" if color == "rgb" else "L", decode.resize)
 
 
 def read_dicom(path: Path, size: int, color: str = "gray") -> Tensor:
@@ -67,7 +73,7 @@ def read_grayscale(path: Path, size: int) -> Tensor:
     return read_pil(path, size, "L")
 
 
-def read_pil(path: Path, size: int, mode: str) -> Tensor:
+def read_pil(path: Path, size: int, mode: str, resize: str = "pil") -> Tensor:
     """Decode with PIL into ``mode`` (``L`` or ``RGB``) at size x size.
 
     16-bit and 32-bit grayscale is scaled from its own min..max to 0..255 (a constant image becomes 0), rounded;
@@ -83,7 +89,7 @@ def read_pil(path: Path, size: int, mode: str) -> Tensor:
                 lo, hi = float(arr.min()), float(arr.max())
                 arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
                 im = Image.fromarray(np.rint(arr).astype(np.uint8))
-            im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+            im = resize_to(im.convert(mode), size, resize)
             return torch.from_numpy(np.array(im, dtype=np.uint8))
     except (OSError, UnidentifiedImageError) as err:
         raise UserError(f"cannot read image {path}: {err}. Replace or remove the file.") from None
@@ -110,18 +116,20 @@ class ImageFileDataset(Dataset):
         hflip: bool,
         load_size: int | None = None,
         color: str = "gray",
+        decode: Decode = DEFAULT_DECODE,
     ) -> None:
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
         self.paths, self.targets, self.size, self.transform = list(paths), targets, size, transform
         self.hflip, self.load_size, self.color = hflip, load_size or size, color
+        self.decode = decode
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def pixels(self, index: int) -> Tensor:
         """The (load_size, load_size[, 3]) uint8 image before augmentation."""
-        return read_image(self.paths[index], self.load_size, self.color)
+        return read_image(self.paths[index], self.load_size, self.color, self.decode)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image = self.pixels(index)
