@@ -133,13 +133,17 @@ def predict(
     probs, classes = {}, {}
     for name, adapter in bank.adapters.items():
         bank.switch(name)
-        task = Task(adapter.metadata["task"], tuple(adapter.class_names))
+        task = Task(
+            adapter.metadata["task"],
+            tuple(adapter.class_names),
+            binary_head=adapter.metadata.get("binary_head", "softmax"),
+        )
         merged = merge_adapters(bank.model) if merge else 0
         chunks, batches = [], loaders[modes[name]]
         for i in range(0, len(files), batch_size):
             batch = batches(i, i + batch_size)
             logits = bank.model(batch).float()
-            chunks.append(logits.sigmoid() if task.type == "multilabel" else logits.softmax(-1))
+            chunks.append(task.probabilities(logits))
         if merged:
             unmerge_adapters(bank.model)
         probs[name], classes[name] = torch.cat(chunks), adapter.class_names

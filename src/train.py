@@ -67,6 +67,7 @@ def build_model(cfg: DictConfig, task: Task) -> tuple[nn.Module, Strategy]:
         checkpoint=b.checkpoint,
         model_kwargs=OmegaConf.to_container(b.kwargs, resolve=True),
         allow_missing=list(b.get("allow_missing") or []),
+        head_init_std=b.get("head_init_std"),
     )
     model = strategy.apply(model)
     remember_load_report(model, report)
@@ -79,6 +80,7 @@ def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task, color: str
         "img_size": str(cfg.backbone.img_size),
         "color": color,  # how src.predict decodes images for this adapter (gray / rgb)
         "task": task.type,
+        "binary_head": task.binary_head,  # how src.predict turns the head's logits into probabilities
         "class_names": class_names_json(task.class_names),
         **strategy.metadata(),
         # Enough to rebuild the exact model around the adapter later (predict, adapter bank).
@@ -116,7 +118,12 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
 
     datamodule: ClassificationDataModule = instantiate_user(cfg.dataset)
     datamodule.check()
-    task = Task(datamodule.task_type, datamodule.class_names, cfg.loss.label_smoothing)
+    task = Task(
+        datamodule.task_type,
+        datamodule.class_names,
+        cfg.loss.label_smoothing,
+        OmegaConf.select(cfg, "task.binary_head", default="softmax"),
+    )
     model, strategy = build_model(cfg, task)
     resume = resume_checkpoint(cfg)
     if resume is None:  # a resumed run takes whatever prepare would set (e.g. sparse indices) from last.ckpt

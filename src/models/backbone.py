@@ -35,7 +35,7 @@ import numpy as np
 import timm
 import torch
 from safetensors.torch import load_file
-from timm.layers import resample_abs_pos_embed
+from timm.layers import resample_abs_pos_embed, trunc_normal_
 from torch import Tensor, nn
 
 from src.atomic import atomic_write
@@ -130,6 +130,7 @@ def create_backbone(
     checkpoint: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     allow_missing: Sequence[str] | None = None,
+    head_init_std: float | None = None,
 ) -> tuple[nn.Module, LoadReport | None]:
     """A timm model with a new ``num_classes`` head, optionally loaded from a local checkpoint.
 
@@ -157,7 +158,23 @@ def create_backbone(
         raise
     check_patch_size(model, img_size)
     report = load_checkpoint(model, checkpoint, allow_missing) if checkpoint else None
+    if head_init_std is not None:
+        init_head(model, float(head_init_std))
     return model, report
+
+
+def init_head(model: nn.Module, std: float) -> None:
+    """The new head as MAE fine-tuning (and MED-PEFT) starts it: weight trunc-normal with ``std`` (2e-5
+    there; He et al., 2022, main_finetune.py), bias zero (timm's ViT head bias init)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Linear):
+        raise UserError(
+            f"backbone.head_init_std={std} needs a Linear classifier head; this model has {head}."
+        )
+    with torch.no_grad():
+        trunc_normal_(head.weight, std=std)
+        if head.bias is not None:
+            head.bias.zero_()
 
 
 def check_patch_size(model: nn.Module, img_size: int | None) -> None:
