@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode, Resize
+from torchvision.transforms import Resize
 from torchvision.transforms import functional as TF
 
 from src.data.cache import entry_name
 from src.data.image_files import read_image
 from src.data.image_folder import ImageFolderDataModule
-from src.data.protocol_dataset import decoding_metadata, open_whole
+from src.data.protocol_dataset import decoding_metadata, open_whole, predict_inputs
 from src.data.transforms import Decode, dicom_max255, protocol_transform, resize_to
 from src.errors import UserError
 from tests.test_predict import write_dicom
@@ -139,4 +139,14 @@ def test_datamodule_and_adapter_follow_the_protocol(tmp_path: Path) -> None:
         "dicom_intensity": "window",
         "protocol": "medpeft_cxr_mae",
     }
-    _ = InterpolationMode  # (torchvision's enum, imported to show which bicubic is meant: PIL's)
+
+
+def test_predict_decodes_as_the_adapter_was_trained(tmp_path: Path) -> None:
+    path = tmp_path / "x.png"
+    Image.fromarray(busy(50, 70)).save(path)
+    protocol = predict_inputs([path], {"protocol": "medpeft_mrm"}, 32, MEAN, STD)(0, 1)[0]
+    reference = protocol_transform("medpeft_mrm", "test", 32, MEAN, STD)(Image.open(path).convert("RGB"))
+    torch.testing.assert_close(protocol, reference)
+    melo = predict_inputs([path], {"resize": "tensor"}, 32, MEAN, STD)(0, 1)[0]
+    pixels = torch.from_numpy(np.asarray(resize_to(Image.open(path), 32, "tensor"))).float() / 255
+    torch.testing.assert_close(melo, ((pixels - MEAN[0]) / STD[0]).expand(3, -1, -1))
