@@ -26,7 +26,7 @@ from src.data.cache import CachedImageDataset, build_or_load, decode_all
 from src.data.image_files import COLORS, ImageFileDataset
 from src.data.protocol_dataset import ProtocolImageDataset
 from src.data.splits import check_label_fraction, label_fraction_indices, split_by_fractions
-from src.data.transforms import Decode, protocol_transform
+from src.data.transforms import PROTOCOLS, Decode, protocol_transform
 from src.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,13 @@ class FileDataModule(ClassificationDataModule):
             )
         if self.on_bad_image not in ("error", "skip"):
             raise UserError(f"dataset.on_bad_image={self.on_bad_image!r} must be error or skip.")
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"dataset.protocol={self.protocol!r} must be one of {', '.join(PROTOCOLS)}.")
+        if self.protocol != "squash" and self.on_bad_image == "skip":
+            raise UserError(
+                f"dataset.on_bad_image=skip needs the default pipeline; dataset.protocol={self.protocol} decodes "
+                "each file on access, so every file must be readable: set dataset.on_bad_image=error."
+            )
         margin = self.crop_margin
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
             raise UserError(
@@ -239,8 +246,8 @@ class FileDataModule(ClassificationDataModule):
         mean, std = (t.flatten().tolist() for t in (self.normalize.mean, self.normalize.std))
         transform = protocol_transform(self.protocol, split, self.image_size, mean, std)
         if transform is not None:  # whole images through the paper's own transforms, decoded on access
-            return ProtocolImageDataset(self.splits[split].paths, self.splits[split].targets, transform,
-                                        self.color, self.decode)  # fmt: skip
+            part = self.splits[split]
+            return ProtocolImageDataset(part.paths, part.targets, transform, self.color, self.decode)
         part, size = self.splits[split], self.load_size(split)
         entry, keep = None, range(len(part))
         if self.cache:
