@@ -79,9 +79,14 @@ def test_medpeft_recipe_refuses_its_datasets_without_their_lists(dataset: str, t
     assert cfg.dataset.split_train == "train_10"  # what a split_dir run would read
     with pytest.raises(UserError, match=r"only MED-PEFT's own lists.*medpeft\.allow_own_splits=true"):
         check_medpeft_splits(cfg)
-    cfg.dataset.split_dir = "/lists"
+    cfg.medpeft.splits_root = "/data/DatasetsSplits"  # the table sweep's way: each dataset's folder under it
+    folder = {"nih_cxr14": "NIH_ChestX-ray", "chexpert": "CheXpert", "rsna_pneumonia": "RSNA_Pneumonia"}[
+        dataset
+    ]
+    assert cfg.dataset.split_dir == f"/data/DatasetsSplits/{folder}" and cfg.dataset.label_fraction == 1.0
     check_medpeft_splits(cfg)
-    cfg.dataset.split_dir, cfg.medpeft.allow_own_splits = None, True
+    cfg.medpeft.splits_root, cfg.medpeft.allow_own_splits = None, True
+    assert cfg.dataset.split_dir is None and cfg.dataset.label_fraction == 0.1
     check_medpeft_splits(cfg)
 
 
