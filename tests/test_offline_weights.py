@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import src.models.backbone
+from src.adapter import read_metadata
 from src.melo import melo_to_adapter
 from src.models.backbone import create_backbone
 from src.predict import predict
@@ -56,10 +57,11 @@ def test_local_checkpoint_wins_over_pretrained_in_predict_and_train(offline, tmp
         "fc_192in_2out": torch.randn(2, 192)
     }
     save_file(tensors, str(melo_file))
-    preset = {"task": "binary", "color": "gray", "class_names": ["normal", "tb"], "rank": 4, "alpha": 4,
+    preset = {"task": "binary", "color": "gray", "resize": "tensor", "class_names": ["normal", "tb"], "rank": 4, "alpha": 4,
               "backbone": {"name": NAME, "img_size": 32, "pretrained": True, "checkpoint": None,
                            "kwargs": KWARGS, "mean": [0.5] * 3, "std": [0.5] * 3}}  # fmt: skip
     adapter = melo_to_adapter(melo_file, preset, tmp_path / "adapter.safetensors")
+    assert read_metadata(adapter)["resize"] == "tensor"  # predict decodes as MeLo's 224 px loaders
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)).save(image)
     _, probs, _ = predict({"tb": str(adapter)}, [str(image)], backbone_checkpoint=str(weights))
