@@ -325,11 +325,15 @@ def check_complete(report: LoadReport, own: dict[str, Tensor], state: dict[str, 
             f"{len(renamed)} tensors of the file look like the backbone's under other names and would be "
             f"ignored: {show(renamed)}"
         )
+    fix = (
+        "rename the file's tensors to the model's (timm) names"
+        if renamed
+        else "accept fresh tensors on purpose with backbone.allow_missing=['<glob>', ...] (e.g. ['blocks.11.*'])"
+    )
     raise UserError(
         f"{report.path} does not fit this backbone ({report.loaded} tensors loaded); "
         + "; ".join(problems)
-        + ". Use the checkpoint of this architecture, or accept fresh tensors on purpose with "
-        "backbone.allow_missing=['<glob>', ...] (e.g. ['blocks.11.*'])."
+        + f". Use the checkpoint of this architecture, or {fix}."
     )
 
 
