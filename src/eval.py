@@ -56,7 +56,12 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best") -> tuple[dict[str, f
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate_user(cfg.dataset)
     datamodule.check()
-    task = Task(datamodule.task_type, datamodule.class_names, cfg.loss.label_smoothing)
+    task = Task(
+        datamodule.task_type,
+        datamodule.class_names,
+        cfg.loss.label_smoothing,
+        OmegaConf.select(cfg, "task.binary_head", default="softmax"),
+    )
     model, _ = build_model(cfg, task)
     module = ClassificationModule(
         model, task, OmegaConf.to_container(cfg.optim, resolve=True), backbone_config(cfg)

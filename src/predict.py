@@ -15,7 +15,7 @@ import csv
 import json
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import hydra
@@ -28,11 +28,13 @@ from src.atomic import atomic_write
 from src.bank import AdapterBank
 from src.config import PROJECT_ROOT
 from src.data.base import Normalize
+from src.data.protocol_dataset import predict_inputs
+from src.data.transforms import Decode
 from src.errors import UserError
 from src.melo import melo_to_adapter
 from src.merge import merge_adapters, unmerge_adapters
 from src.models.backbone import create_backbone
-from src.predict_inputs import check_options, collect_inputs, decode_inputs, write_errors
+from src.predict_inputs import DecodedInputs, check_options, collect_inputs, decode_inputs, write_errors
 from src.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ def build_bank(
         pretrained=backbone.get("pretrained", False),
         checkpoint=checkpoint,
         model_kwargs=backbone.get("kwargs") or {},
+        allow_missing=backbone.get("allow_missing") or [],
     )
     bank = AdapterBank(strategy.apply(model))
     for name, path in named.items():
@@ -104,23 +107,30 @@ def predict(
     (file, reason) and the other files are predicted."""
     files = collect_inputs(inputs)
     bank, backbone = build_bank(adapters, backbone_checkpoint)
-    # Adapters from before the colour mode was recorded were all trained on grayscale.
-    colors = {name: adapter.metadata.get("color", "gray") for name, adapter in bank.adapters.items()}
+    # Each adapter's decoding (colour mode, resize / DICOM intensity rules), decoded once per kind; adapters
+    # from before these were recorded were all trained on grayscale squares.
+    modes = {
+        name: (a.metadata.get("color", "gray"), Decode.from_metadata(a.metadata))
+        for name, a in bank.adapters.items()
+    }
     inputs_ = decode_inputs(
-        files, backbone["img_size"], colors.values(), dicom_frames, "error" if refused is None else "skip"
+        files, backbone["img_size"], modes.values(), dicom_frames, "error" if refused is None else "skip"
     )
-    decoded = inputs_.pixels
     normalize = Normalize(backbone["mean"], backbone["std"])
     probs, classes = {}, {}
     for name, adapter in bank.adapters.items():
         bank.switch(name)
-        task = Task(adapter.metadata["task"], tuple(adapter.class_names))
+        task = Task(
+            adapter.metadata["task"],
+            tuple(adapter.class_names),
+            binary_head=adapter.metadata.get("binary_head", "softmax"),
+        )
         merged = merge_adapters(bank.model) if merge else 0
-        chunks, pixels = [], decoded[colors[name]]
-        for i in range(0, len(pixels), batch_size):
-            batch = torch.stack([normalize(img) for img in pixels[i : i + batch_size]])
+        chunks, batches = [], adapter_batches(inputs_, modes[name], adapter.metadata, backbone, normalize)
+        for i in range(0, len(inputs_.rows), batch_size):
+            batch = batches(i, i + batch_size)
             logits = bank.model(batch).float()
-            chunks.append(logits.sigmoid() if task.type == "multilabel" else logits.softmax(-1))
+            chunks.append(task.probabilities(logits))
         if merged:
             unmerge_adapters(bank.model)
         empty = torch.empty(0, len(adapter.class_names))
@@ -128,6 +138,28 @@ def predict(
     if refused is not None:
         refused += inputs_.refused
     return inputs_.rows, probs, classes
+
+
+def adapter_batches(
+    inputs_: DecodedInputs,
+    mode: tuple[str, Decode],
+    metadata: Mapping[str, str],
+    backbone: Mapping[str, object],
+    normalize: Normalize,
+) -> Callable[[int, int], torch.Tensor]:
+    """Rows ``start:stop`` as the adapter saw its test split: the decoded squares normalised, or, for an
+    adapter trained with a paper's protocol (``dataset.protocol``), each readable file through that
+    protocol's evaluation transform."""
+    if metadata.get("protocol", "squash") != "squash":
+        if any("#" in row.name for row in inputs_.rows):
+            raise UserError(
+                f"dicom_frames=all gives one row per frame, but this adapter's dataset.protocol="
+                f"{metadata['protocol']} transforms whole files: use dicom_frames=first or middle."
+            )
+        meta = {"color": mode[0], **mode[1].metadata(), "protocol": metadata["protocol"]}
+        return predict_inputs(inputs_.rows, meta, backbone["img_size"], backbone["mean"], backbone["std"])
+    pixels = inputs_.pixels[mode]
+    return lambda start, stop: torch.stack([normalize(img) for img in pixels[start:stop]])
 
 
 def write_csv(

@@ -20,9 +20,12 @@ import torch
 from src.atomic import atomic_write
 from src.data.dicom import check_frame_policy
 from src.data.image_files import IMAGE_SUFFIXES, UnreadableImage, image_files, read_frames
+from src.data.transforms import DEFAULT_DECODE, Decode
 from src.errors import UserError
 
 BAD_IMAGE_POLICIES = ("skip", "error")
+# How an adapter decodes: its colour mode, or (colour mode, the papers' decoding rules).
+Mode = str | tuple[str, Decode]
 
 
 def collect_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -51,7 +54,7 @@ class DecodedInputs:
     (len(rows), size, size[, 3]) uint8 stack in that colour mode; ``refused`` is (file, reason)."""
 
     rows: list[Path] = field(default_factory=list)
-    pixels: dict[str, torch.Tensor] = field(default_factory=dict)
+    pixels: dict[Mode, torch.Tensor] = field(default_factory=dict)
     refused: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -71,17 +74,22 @@ def check_bad_image_policy(policy: str) -> None:
 
 
 def decode_inputs(
-    files: Sequence[Path], size: int, colors: Iterable[str], frames: str = "error", on_bad_image: str = "skip"
+    files: Sequence[Path],
+    size: int,
+    modes: Iterable[Mode],
+    frames: str = "error",
+    on_bad_image: str = "skip",
 ) -> DecodedInputs:
-    """Decode every file in every colour mode of ``colors``; see the module docstring for the policies."""
+    """Decode every file in every mode of ``modes`` (a colour mode, or (colour mode, decoding rules));
+    see the module docstring for the policies."""
     check_frame_policy(frames, "dicom_frames")
     check_bad_image_policy(on_bad_image)
-    colors = sorted(set(colors))
+    modes = list(dict.fromkeys(modes))
     out = DecodedInputs()
-    stacks: dict[str, list[torch.Tensor]] = {c: [] for c in colors}
+    stacks: dict[Mode, list[torch.Tensor]] = {c: [] for c in modes}
     for file in files:
         try:
-            images = {c: read_frames(file, size, c, frames, option="dicom_frames") for c in colors}
+            images = {c: _read(file, size, c, frames) for c in modes}
         except UnreadableImage as err:
             if on_bad_image == "error":
                 raise UserError(f"{err} (or set on_bad_image=skip to predict the other files)") from None
@@ -89,12 +97,18 @@ def decode_inputs(
             continue
         count = len(next(iter(images.values())))
         out.rows += [file] if count == 1 else [Path(f"{file}#{k + 1}") for k in range(count)]
-        for c in colors:
+        for c in modes:
             stacks[c] += images[c]
-    for c in colors:
-        shape = (0, size, size, 3) if c == "rgb" else (0, size, size)
+    for c in modes:
+        color = c if isinstance(c, str) else c[0]
+        shape = (0, size, size, 3) if color == "rgb" else (0, size, size)
         out.pixels[c] = torch.stack(stacks[c]) if stacks[c] else torch.empty(shape, dtype=torch.uint8)
     return out
+
+
+def _read(file: Path, size: int, mode: Mode, frames: str) -> list[torch.Tensor]:
+    color, decode = (mode, DEFAULT_DECODE) if isinstance(mode, str) else mode
+    return read_frames(file, size, color, frames, option="dicom_frames", decode=decode)
 
 
 def errors_path(out: Path) -> Path:

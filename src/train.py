@@ -28,9 +28,15 @@ from src.adapter import class_names_json, save_adapter
 from src.checkpoint_io import read_checkpoint
 from src.config import PROJECT_ROOT, instantiate_user, validate_config
 from src.data.base import ClassificationDataModule
+from src.data.protocol_dataset import decoding_metadata
 from src.errors import Preempted, UserError, as_user_error
 from src.figures import write_figures
-from src.models.backbone import create_backbone
+from src.models.backbone import (
+    create_backbone,
+    load_report_entries,
+    load_report_files,
+    remember_load_report,
+)
 from src.models.module import ClassificationModule
 from src.resume import (
     keep_csv_log,
@@ -53,15 +59,19 @@ def build_model(cfg: DictConfig, task: Task) -> tuple[nn.Module, Strategy]:
     """Backbone + new head, with the strategy applied."""
     strategy: Strategy = instantiate(cfg.peft)
     b = cfg.backbone
-    model, _ = create_backbone(
+    model, report = create_backbone(
         name=b.name,
         num_classes=task.num_outputs,
         img_size=b.img_size,
         pretrained=b.pretrained,
         checkpoint=b.checkpoint,
         model_kwargs=OmegaConf.to_container(b.kwargs, resolve=True),
+        allow_missing=list(b.get("allow_missing") or []),
+        head_init_std=b.get("head_init_std"),
     )
-    return strategy.apply(model), strategy
+    model = strategy.apply(model)
+    remember_load_report(model, report)
+    return model, strategy
 
 
 def backbone_config(cfg: DictConfig) -> dict[str, Any]:
@@ -75,6 +85,7 @@ def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task, color: str
         "img_size": str(cfg.backbone.img_size),
         "color": color,  # how src.predict decodes images for this adapter (gray / rgb)
         "task": task.type,
+        "binary_head": task.binary_head,  # how src.predict turns the head's logits into probabilities
         "class_names": class_names_json(task.class_names),
         **strategy.metadata(),
         # Enough to rebuild the exact model around the adapter later (predict, adapter bank).
@@ -112,7 +123,12 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
 
     datamodule: ClassificationDataModule = instantiate_user(cfg.dataset)
     datamodule.check()
-    task = Task(datamodule.task_type, datamodule.class_names, cfg.loss.label_smoothing)
+    task = Task(
+        datamodule.task_type,
+        datamodule.class_names,
+        cfg.loss.label_smoothing,
+        OmegaConf.select(cfg, "task.binary_head", default="softmax"),
+    )
     model, strategy = build_model(cfg, task)
     resume = resume_checkpoint(cfg)
     if resume is None:  # a resumed run takes whatever prepare would set (e.g. sparse indices) from last.ckpt
@@ -161,13 +177,15 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
         return {k: float(v) for k, v in scores.items()}, model
 
     extras, files = datamodule.report(out)
+    extras, files = {**extras, **load_report_entries(model)}, [*files, *load_report_files(model, out)]
     strategy_extras, strategy_files = strategy.report(model, out)
     extras, files = {**extras, **strategy_extras}, [*files, *strategy_files]
     if module.test_predictions is not None:  # None with test=false, or after ddp_spawn's own processes
         files += write_figures(*module.test_predictions, task, out)
 
     adapter_path = out / "adapter.safetensors"
-    adapter_bytes = save_adapter(model, adapter_path, adapter_metadata(cfg, strategy, task, datamodule.color))
+    metadata = adapter_metadata(cfg, strategy, task, datamodule.color) | decoding_metadata(datamodule)
+    adapter_bytes = save_adapter(model, adapter_path, metadata)
     metrics: dict[str, Any] = {
         **{k: float(v) for k, v in scores.items()},
         "trainable_params": trainable,

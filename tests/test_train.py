@@ -131,7 +131,7 @@ def test_mlflow_run_gets_params_metrics_and_artifacts(make_cfg, tmp_path: Path) 
     history = client.get_metric_history(run.info.run_id, "val/auroc")
     assert len(history) == 3  # one per epoch, then the best checkpoint re-validated
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"adapter.safetensors", "metrics.json", "config.yaml"} <= artifacts
+    assert {"adapter.safetensors", "metrics.json", "config.yaml", "backbone_load.json"} <= artifacts
     assert run.info.status == "FINISHED"
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from src.atomic import atomic_directory
 from src.data.image_files import ImageFileDataset, read_image
+from src.data.transforms import DEFAULT_DECODE, Decode
 from src.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -40,15 +41,22 @@ class DecodeJobs(Dataset):
     """Decoding as a dataset, so that a DataLoader spreads it over worker processes: each item is
     ``(index, pixels or None, error message)``; a bad file is reported, never raised in a worker."""
 
-    def __init__(self, paths: Sequence[Path], size: int, color: str = "gray", frames: str = "error") -> None:
-        self.paths, self.size, self.color, self.frames = list(paths), size, color, frames
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        size: int,
+        color: str = "gray",
+        frames: str = "error",
+        decode: Decode = DEFAULT_DECODE,
+    ) -> None:
+        self.paths, self.size, self.color, self.frames, self.decode = list(paths), size, color, frames, decode
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, Tensor | None, str]:
         try:
-            return index, read_image(self.paths[index], self.size, self.color, self.frames), ""
+            return index, read_image(self.paths[index], self.size, self.color, self.frames, self.decode), ""
         except UserError as err:
             return index, None, str(err)
 
@@ -62,11 +70,12 @@ def decode_all(
     sink: Callable[[int, Tensor], None] | None = None,
     color: str = "gray",
     frames: str = "error",
+    decode: Decode = DEFAULT_DECODE,
 ) -> list[tuple[int, str]]:
     """Decode every file with ``num_workers`` processes, handing each image to ``sink``; returns the
     (index, message) of unreadable files, or raises on the first one unless ``skip_bad``."""
     loader = DataLoader(
-        DecodeJobs(paths, size, color, frames),
+        DecodeJobs(paths, size, color, frames, decode),
         batch_size=None,
         num_workers=num_workers,
         prefetch_factor=8 if num_workers else None,
@@ -93,7 +102,12 @@ def _digest(lines: Sequence[str]) -> str:
 
 
 def entry_name(
-    paths: Sequence[Path], split: str, size: int, color: str = "gray", frames: str = "error"
+    paths: Sequence[Path],
+    split: str,
+    size: int,
+    color: str = "gray",
+    frames: str = "error",
+    decode: Decode = DEFAULT_DECODE,
 ) -> tuple[str, str]:
     """(prefix shared by every version of this file list, full name with the sources' stamp)."""
     names = [str(Path(p).resolve()) for p in paths]
@@ -102,7 +116,9 @@ def entry_name(
     except FileNotFoundError as err:
         raise UserError(f"image {err.filename} disappeared while building the cache; re-run.") from None
     stamp = _digest([f"v{CACHE_VERSION}", *(f"{s.st_size} {s.st_mtime_ns}" for s in stats)])
-    prefix = f"{split}_{size}px_{color}_{_digest(names)}" + ("" if frames == "error" else f"_{frames}")
+    prefix = f"{split}_{size}px_{color}{decode.key()}_{_digest(names)}" + (
+        "" if frames == "error" else f"_{frames}"
+    )
     return prefix, f"{prefix}_{stamp}"
 
 
@@ -125,15 +141,16 @@ def build_or_load(
     skip_bad: bool,
     color: str = "gray",
     frames: str = "error",
+    decode: Decode = DEFAULT_DECODE,
 ) -> CacheEntry:
     """The cache entry of ``paths`` at ``size`` in ``color`` mode: reused when current, else built (and
     stale ones removed)."""
     folder = Path(cache_dir).expanduser() / dataset
-    prefix, name = entry_name(paths, split, size, color, frames)
+    prefix, name = entry_name(paths, split, size, color, frames, decode)
     final = folder / name
     if not (final / "meta.json").exists():
         desc = f"caching {dataset}/{split} at {size}px {color}"
-        _build(paths, size, final, num_workers, skip_bad, desc, color, frames)
+        _build(paths, size, final, num_workers, skip_bad, desc, color, frames, decode)
         for stale in folder.glob(f"{prefix}_*"):
             if stale.name != name:
                 shutil.rmtree(stale, ignore_errors=True)
@@ -156,6 +173,7 @@ def _build(
     desc: str,
     color: str = "gray",
     frames: str = "error",
+    decode: Decode = DEFAULT_DECODE,
 ) -> None:
     start = time.perf_counter()
     shape = (len(paths), size, size, 3) if color == "rgb" else (len(paths), size, size)
@@ -165,7 +183,9 @@ def _build(
         def write(index: int, pixels: Tensor) -> None:
             images[index] = pixels.numpy()
 
-        bad = decode_all(paths, size, num_workers, desc, skip_bad, sink=write, color=color, frames=frames)
+        bad = decode_all(
+            paths, size, num_workers, desc, skip_bad, sink=write, color=color, frames=frames, decode=decode
+        )
         images.flush()
         meta = {"version": CACHE_VERSION, "size": size, "color": color, "count": len(paths), "bad": bad}
         meta["paths"] = [str(p) for p in paths]

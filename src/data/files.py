@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from src.atomic import atomic_write
 from src.data.base import SPLITS, ClassificationDataModule
 from src.data.cache import CachedImageDataset, build_or_load, decode_all
 from src.data.dicom import check_frame_policy
 from src.data.image_files import COLORS, ImageFileDataset
+from src.data.protocol_dataset import ProtocolImageDataset
 from src.data.splits import check_label_fraction, label_fraction_indices, split_by_fractions
+from src.data.transforms import PROTOCOLS, Decode, protocol_transform
 from src.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -149,10 +152,16 @@ class FileDataModule(ClassificationDataModule):
         on_bad_image: str = "error",
         color: str = "gray",
         dicom_frames: str = "error",
+        resize: str = "pil",
+        dicom_intensity: str = "window",
+        protocol: str = "squash",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.color, self.dicom_frames = color, dicom_frames
+        # The papers' decoding and transform rules (src.data.transforms): resize pil | tensor (MeLo),
+        # dicom_intensity window | max255 (MED-PEFT), protocol squash | medpeft_mrm | medpeft_cxr_mae.
+        self.decode, self.protocol = Decode(resize, dicom_intensity), protocol
         self.label_fraction, self.label_fraction_seed = label_fraction, label_fraction_seed
         self.cache, self.cache_dir, self.crop_margin = cache, cache_dir, crop_margin
         self.on_bad_image = on_bad_image
@@ -171,6 +180,13 @@ class FileDataModule(ClassificationDataModule):
         check_frame_policy(self.dicom_frames, "dataset.dicom_frames", training=True)
         if self.on_bad_image not in ("error", "skip"):
             raise UserError(f"dataset.on_bad_image={self.on_bad_image!r} must be error or skip.")
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"dataset.protocol={self.protocol!r} must be one of {', '.join(PROTOCOLS)}.")
+        if self.protocol != "squash" and self.on_bad_image == "skip":
+            raise UserError(
+                f"dataset.on_bad_image=skip needs the default pipeline; dataset.protocol={self.protocol} decodes "
+                "each file on access, so every file must be readable: set dataset.on_bad_image=error."
+            )
         margin = self.crop_margin
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
             raise UserError(
@@ -230,8 +246,13 @@ class FileDataModule(ClassificationDataModule):
         """Pixels per side an image of ``split`` is decoded to (the margin is for the training crop)."""
         return math.ceil(self.image_size * (1 + self.crop_margin)) if split == "train" else self.image_size
 
-    def build_split(self, split: str) -> ImageFileDataset:
+    def build_split(self, split: str) -> Dataset:
         self.check()
+        mean, std = (t.flatten().tolist() for t in (self.normalize.mean, self.normalize.std))
+        transform = protocol_transform(self.protocol, split, self.image_size, mean, std)
+        if transform is not None:  # whole images through the paper's own transforms, decoded on access
+            part = self.splits[split]
+            return ProtocolImageDataset(part.paths, part.targets, transform, self.color, self.decode)
         part, size = self.splits[split], self.load_size(split)
         entry, keep = None, range(len(part))
         if self.cache:
@@ -252,12 +273,20 @@ class FileDataModule(ClassificationDataModule):
                 self.on_bad_image == "skip",
                 self.color,
                 self.dicom_frames,
+                self.decode,
             )
             bad = entry.bad
         elif self.on_bad_image == "skip":
             desc = f"checking {self.name}/{split}"
             bad = decode_all(
-                part.paths, size, self.num_workers, desc, True, color=self.color, frames=self.dicom_frames
+                part.paths,
+                size,
+                self.num_workers,
+                desc,
+                True,
+                color=self.color,
+                frames=self.dicom_frames,
+                decode=self.decode,
             )
         else:
             bad = []
@@ -275,7 +304,9 @@ class FileDataModule(ClassificationDataModule):
             return CachedImageDataset(
                 entry.images, keep, *args, load_size=size, color=self.color, frames=self.dicom_frames
             )
-        return ImageFileDataset(*args, load_size=size, color=self.color, frames=self.dicom_frames)
+        return ImageFileDataset(
+            *args, load_size=size, color=self.color, frames=self.dicom_frames, decode=self.decode
+        )
 
     def report(self, out: Path) -> tuple[dict[str, Any], list[Path]]:
         """Split sizes for metrics.json; ``train_files.txt`` (the training images used, relative to the

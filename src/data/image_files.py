@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from src.data.dicom import DICOM_SUFFIXES, DICOMDIR_NAME, DicomRefused, decode_frames, is_dicom, is_dicomdir
+from src.data.transforms import DEFAULT_DECODE, Decode, read_dicom_max255, resize_to
 from src.errors import UserError
 
 # Files taken by suffix; any other file is taken when it holds DICOM (see :func:`image_files`).
@@ -54,19 +55,27 @@ class UnreadableImage(UserError):
         super().__init__(f"cannot read image {path}: {reason}. Replace or remove the file.")
 
 
-def read_image(path: Path, size: int, color: str = "gray", frames: str = "error") -> Tensor:
+def read_image(
+    path: Path, size: int, color: str = "gray", frames: str = "error", decode: Decode = DEFAULT_DECODE
+) -> Tensor:
     """Any supported file (PNG / JPEG / TIFF / BMP or DICOM, the latter found by content whatever its
     name) as a (size, size) uint8 grayscale tensor, or (size, size, 3) uint8 RGB with ``color="rgb"``
     (a DICOM's grayscale repeated into the three channels). ``frames`` picks the frame of a multi-frame
-    DICOM (``error``, ``first``, ``middle``; see :mod:`src.data.dicom`)."""
-    images = read_frames(path, size, color, frames)
+    DICOM (``error``, ``first``, ``middle``; see :mod:`src.data.dicom`); ``decode`` the papers' resize and
+    DICOM intensity rules (:mod:`src.data.transforms`)."""
+    images = read_frames(path, size, color, frames, decode=decode)
     if len(images) != 1:
         raise UnreadableImage(path, f"has {len(images)} frames; training takes one: use first or middle")
     return images[0]
 
 
 def read_frames(
-    path: Path, size: int, color: str = "gray", frames: str = "error", option: str = "dataset.dicom_frames"
+    path: Path,
+    size: int,
+    color: str = "gray",
+    frames: str = "error",
+    option: str = "dataset.dicom_frames",
+    decode: Decode = DEFAULT_DECODE,
 ) -> list[Tensor]:
     """:func:`read_image` for every frame ``frames`` selects (``all``: each frame of a multi-frame DICOM);
     one image for any other file. ``option`` is the config key named when a multi-frame file is refused."""
@@ -79,8 +88,12 @@ def read_frames(
     if empty:
         raise UnreadableImage(path, "empty file")
     if Path(path).suffix.lower() in DICOM_SUFFIXES or is_dicom(path):
+        if decode.dicom_intensity == "max255":
+            return [read_dicom_max255(path, size, color, decode.resize)]
+        if decode.resize != "pil":
+            raise UserError(f"{path}: dataset.resize={decode.resize} applies to PNG / JPEG files, not DICOM.")
         return read_dicom_frames(path, size, color, frames, option)
-    return [read_pil(path, size, "RGB" if color == "rgb" else "L")]
+    return [read_pil(path, size, "RGB" if color == "rgb" else "L", decode.resize)]
 
 
 def read_dicom(path: Path, size: int, color: str = "gray", frames: str = "error") -> Tensor:
@@ -112,7 +125,7 @@ def read_grayscale(path: Path, size: int) -> Tensor:
     return read_pil(path, size, "L")
 
 
-def read_pil(path: Path, size: int, mode: str) -> Tensor:
+def read_pil(path: Path, size: int, mode: str, resize: str = "pil") -> Tensor:
     """Decode with PIL into ``mode`` (``L`` or ``RGB``) at size x size.
 
     16-bit and 32-bit grayscale is scaled from its own min..max to 0..255 (a constant image becomes 0), rounded;
@@ -128,7 +141,7 @@ def read_pil(path: Path, size: int, mode: str) -> Tensor:
                 lo, hi = float(arr.min()), float(arr.max())
                 arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
                 im = Image.fromarray(np.rint(arr).astype(np.uint8))
-            im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+            im = resize_to(im.convert(mode), size, resize)
             return torch.from_numpy(np.array(im, dtype=np.uint8))
     except (OSError, UnidentifiedImageError) as err:
         reason = str(err).replace(f"{path!r}", "").replace(str(path), "").strip(" :'")
@@ -157,19 +170,21 @@ class ImageFileDataset(Dataset):
         load_size: int | None = None,
         color: str = "gray",
         frames: str = "error",
+        decode: Decode = DEFAULT_DECODE,
     ) -> None:
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
         self.paths, self.targets, self.size, self.transform = list(paths), targets, size, transform
         self.hflip, self.load_size, self.color = hflip, load_size or size, color
         self.frames = frames
+        self.decode = decode
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def pixels(self, index: int) -> Tensor:
         """The (load_size, load_size[, 3]) uint8 image before augmentation."""
-        return read_image(self.paths[index], self.load_size, self.color, self.frames)
+        return read_image(self.paths[index], self.load_size, self.color, self.frames, self.decode)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image = self.pixels(index)

@@ -152,7 +152,9 @@ class NIHChestXray14DataModule(FileDataModule):
     def index_split_lists(self, split_dir: Path, images: dict[str, Path], root: Path) -> dict[str, FileSplit]:
         """MED-PEFT's lists: ``<png name> <14 labels>`` per line (the last line lacks its newline)."""
         out = {}
-        for split, (path, rows) in medpeft_lists(split_dir, self.split_train, "NIH_ChestX-ray").items():
+        for split, (path, rows) in medpeft_lists(
+            split_dir, self.split_train, "NIH_ChestX-ray", self.label_fraction
+        ).items():
             bad = next((r for r in rows if len(r) != 1 + len(FINDINGS) or set(r[1:]) - {"0", "1"}), None)
             if bad is not None:
                 raise UserError(

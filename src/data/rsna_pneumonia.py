@@ -80,7 +80,9 @@ class RSNAPneumoniaDataModule(FileDataModule):
     def index_split_lists(self, split_dir: Path, root: Path) -> dict[str, FileSplit]:
         """MED-PEFT's lists: ``<dcm path relative to root> <0|1>`` per line."""
         out = {}
-        for split, (path, rows) in medpeft_lists(split_dir, self.split_train, "RSNA_Pneumonia").items():
+        for split, (path, rows) in medpeft_lists(
+            split_dir, self.split_train, "RSNA_Pneumonia", self.label_fraction
+        ).items():
             bad = next((r for r in rows if len(r) != 2 or r[1] not in ("0", "1")), None)
             if bad is not None:
                 raise UserError(f"{path}: every line should read '<dcm path> <0|1>', got {' '.join(bad)!r}.")
