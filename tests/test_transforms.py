@@ -46,11 +46,11 @@ def test_melo_tensor_resize_is_torchvision_on_float_tensors_without_antialiasing
 def test_decode_options_reach_files_and_cache_keys(tmp_path: Path) -> None:
     path = tmp_path / "x.png"
     Image.fromarray(busy(120, 100)).save(path)
-    tensor = read_image(path, 32, "gray", Decode(resize="tensor"))
+    tensor = read_image(path, 32, "gray", decode=Decode(resize="tensor"))
     assert torch.equal(tensor, torch.from_numpy(np.asarray(resize_to(Image.open(path), 32, "tensor"))))
     assert not torch.equal(tensor, read_image(path, 32, "gray"))
     keys = {
-        entry_name([path], "train", 32, "gray", d)[0]
+        entry_name([path], "train", 32, "gray", decode=d)[0]
         for d in (Decode(), Decode("tensor"), Decode("pil", "max255"))
     }
     assert len(keys) == 3 and entry_name([path], "train", 32, "gray")[0] in keys
@@ -64,7 +64,7 @@ def test_medpeft_dicom_rule_is_255_over_max(tmp_path: Path) -> None:
     np.testing.assert_array_equal(dicom_max255(pixels, "MONOCHROME2"), expected)
     np.testing.assert_array_equal(dicom_max255(pixels, "MONOCHROME1"), 255 - expected)
     dcm = write_dicom(tmp_path / "a.dcm", pixels)
-    decoded = read_image(dcm, 16, "gray", Decode(dicom_intensity="max255"))
+    decoded = read_image(dcm, 16, "gray", decode=Decode(dicom_intensity="max255"))
     np.testing.assert_array_equal(decoded.numpy(), expected)  # same size: no resampling
     assert not torch.equal(decoded, read_image(dcm, 16, "gray"))  # our window / range rule differs
 

@@ -95,7 +95,7 @@ def predict_inputs(
     if transform is not None:
         ready = torch.stack([transform(open_whole(p, color, decode)) for p in files])
         return lambda start, stop: ready[start:stop]
-    pixels = torch.stack([read_image(p, size, color, decode) for p in files])
+    pixels = torch.stack([read_image(p, size, color, decode=decode) for p in files])
     normalize = Normalize(mean, std)
     return lambda start, stop: torch.stack([normalize(img) for img in pixels[start:stop]])
 
