@@ -69,7 +69,7 @@ class CheXpertDataModule(FileDataModule):
     def read(self, base: Path, csv_name: str) -> FileSplit:
         path = self.require(base / csv_name, "label file")
         try:
-            table = pd.read_csv(path, usecols=["Path", "Frontal/Lateral", *FINDINGS])
+            table = pd.read_csv(path, usecols=["Path", "Frontal/Lateral", *FINDINGS, "Sex", "Age"])
         except ValueError as err:
             raise UserError(f"{path} lacks the CheXpert columns: {err}. Expected layout: {LAYOUT}.") from None
         if self.frontal_only:
@@ -81,8 +81,12 @@ class CheXpertDataModule(FileDataModule):
         values = table[list(FINDINGS)].to_numpy(dtype=np.float32)
         values = np.where(np.isnan(values), 0.0, values)  # blank = not mentioned = negative
         values = np.where(values == -1.0, UNCERTAIN[self.uncertainty], values)
+        meta = {
+            "sex": table["Sex"].fillna("").astype(str).tolist(),
+            "age": table["Age"].fillna("").astype(str).tolist(),
+        }
         return FileSplit(
-            [base / r for r in relative], torch.from_numpy(values), [r.split("/")[1] for r in relative]
+            [base / r for r in relative], torch.from_numpy(values), [r.split("/")[1] for r in relative], meta
         )
 
     def index(self, root: Path) -> dict[str, FileSplit]:

@@ -48,6 +48,8 @@ FINDINGS = (
     "Hernia",
 )
 LABEL_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+# For subgroup AUROC (src.stats); the v2020 file calls Patient Gender "Patient Sex".
+SUBGROUP_COLUMNS = {"Patient Gender": "sex", "Patient Sex": "sex", "Patient Age": "age"}
 LAYOUT = (
     "<root>/Data_Entry_2017.csv (or Data_Entry_2017_v2020.csv), <root>/train_val_list.txt, "
     "<root>/test_list.txt and the PNGs in <root>/images/ or <root>/images_0XX/images/"
@@ -105,7 +107,7 @@ class NIHChestXray14DataModule(FileDataModule):
             # index_col=False: the v2020 rows end with a comma the header may lack, which would shift columns.
             table = pd.read_csv(
                 self.require(label_file, "label file"),
-                usecols=["Image Index", "Finding Labels", "Patient ID"],
+                usecols=lambda c: c in {"Image Index", "Finding Labels", "Patient ID", *SUBGROUP_COLUMNS},
                 index_col=False,
                 dtype=str,
             )
@@ -113,6 +115,11 @@ class NIHChestXray14DataModule(FileDataModule):
             raise UserError(
                 f"{label_file} lacks the NIH columns: {err}. Expected layout: {LAYOUT}."
             ) from None
+        missing = {"Image Index", "Finding Labels", "Patient ID"} - set(table.columns)
+        if missing:
+            raise UserError(
+                f"{label_file} lacks the NIH columns {sorted(missing)}. Expected layout: {LAYOUT}."
+            )
         labels = multi_hot(table["Finding Labels"], label_file)
         patients = table["Patient ID"].tolist()
         row_of = {name: i for i, name in enumerate(table["Image Index"])}
@@ -140,7 +147,14 @@ class NIHChestXray14DataModule(FileDataModule):
         for split, listed in names.items():
             idx = [row_of[n] for n in listed]
             out[split] = FileSplit(
-                [images[n] / n for n in listed], torch.from_numpy(labels[idx]), [patients[i] for i in idx]
+                [images[n] / n for n in listed],
+                torch.from_numpy(labels[idx]),
+                [patients[i] for i in idx],
+                {
+                    key: table[col].iloc[idx].fillna("").tolist()
+                    for col, key in SUBGROUP_COLUMNS.items()
+                    if col in table
+                },
             )
         return out
 
