@@ -126,7 +126,11 @@ def test_mlflow_run_gets_params_metrics_and_artifacts(make_cfg, tmp_path: Path) 
     history = client.get_metric_history(run.info.run_id, "val/auroc")
     assert len(history) == 3  # one per epoch, then the best checkpoint re-validated
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"adapter.safetensors", "metrics.json", "config.yaml"} <= artifacts
+    assert {"adapter.safetensors", "metrics.json", "config.yaml", "predictions_test.csv"} <= artifacts
+    splits = {a.path for a in client.list_artifacts(run.info.run_id, "splits")}
+    assert splits == {"splits/train.csv", "splits/val.csv", "splits/test.csv"}
+    for key in ("test/auroc_ci_low", "test/auroc_ci_high", "test/op_sensitivity", "test/ece"):
+        assert run.data.metrics[key] == pytest.approx(metrics[key])
     assert run.info.status == "FINISHED"
 
 
