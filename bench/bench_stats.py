@@ -31,13 +31,29 @@ from torchmetrics.functional.classification import multilabel_auroc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from write_result import write_result  # noqa: E402
+
 from src.stats.bootstrap import bootstrap_auroc, resample_indices  # noqa: E402
 from src.stats.delong import delong_test  # noqa: E402
-from write_result import write_result  # noqa: E402
 
 N = 22_433
 # NIH ChestX-ray14 prevalences (Wang et al. 2017, whole set), in FINDINGS order.
-PREVALENCE = [0.103, 0.025, 0.119, 0.177, 0.052, 0.056, 0.013, 0.047, 0.042, 0.021, 0.022, 0.015, 0.030, 0.002]
+PREVALENCE = [
+    0.103,
+    0.025,
+    0.119,
+    0.177,
+    0.052,
+    0.056,
+    0.013,
+    0.047,
+    0.042,
+    0.021,
+    0.022,
+    0.015,
+    0.030,
+    0.002,
+]
 
 
 def data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

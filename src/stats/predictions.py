@@ -39,12 +39,12 @@ class Predictions:
 
     @property
     def binary(self) -> bool:
-        """Two one-hot classes: one curve, for class 1 (the positive class); class 0's is its mirror."""
-        return (
-            len(self.class_names) == 2
-            and not np.isnan(self.labels).any()
-            and bool(np.all(self.labels.sum(axis=1) == 1))
-        )
+        """Two one-hot classes whose scores sum to 1 (a binary task, or a 2-class softmax): one curve, for
+        class 1 (the positive class); class 0's is its mirror. Two independent multilabel scores are not."""
+        if len(self.class_names) != 2 or np.isnan(self.labels).any():
+            return False
+        one_hot = bool(np.all(self.labels.sum(axis=1) == 1))
+        return one_hot and bool(np.allclose(self.scores.sum(axis=1), 1.0, atol=1e-5))
 
     def curves(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(names, labels, scores) of the one-vs-rest curves AUROC is taken on: class 1 alone for a binary
