@@ -166,6 +166,7 @@ class NIHChestXray14DataModule(FileDataModule):
     def index_split_lists(self, split_dir: Path, images: dict[str, Path], root: Path) -> dict[str, FileSplit]:
         """MED-PEFT's lists: ``<png name> <14 labels>`` per line (the last line lacks its newline)."""
         out = {}
+        meta = list_subgroups(root)
         for split, (path, rows) in medpeft_lists(split_dir, self.split_train, "NIH_ChestX-ray").items():
             bad = next((r for r in rows if len(r) != 1 + len(FINDINGS) or set(r[1:]) - {"0", "1"}), None)
             if bad is not None:
@@ -178,5 +179,21 @@ class NIHChestXray14DataModule(FileDataModule):
                 [images[n] / n for n in names],
                 torch.as_tensor(np.asarray([r[1:] for r in rows], dtype=np.float32)),
                 [patient_of(n) for n in names],
+                {key: [values.get(n, "") for n in names] for key, values in meta.items()} or None,
             )
         return out
+
+
+def list_subgroups(root: Path) -> dict[str, dict[str, str]]:
+    """Sex and age per image name from the label file when the root holds one (the lists carry neither)."""
+    label_file = next((root / f for f in LABEL_FILES if (root / f).exists()), None)
+    if label_file is None:
+        return {}
+    table = pd.read_csv(
+        label_file, usecols=lambda c: c in {"Image Index", *SUBGROUP_COLUMNS}, index_col=False, dtype=str
+    )
+    return {
+        key: dict(zip(table["Image Index"], table[col].fillna(""), strict=True))
+        for col, key in SUBGROUP_COLUMNS.items()
+        if col in table and "Image Index" in table
+    }
