@@ -16,6 +16,7 @@ from torchmetrics.functional.classification import binary_auroc, binary_calibrat
 
 from src.compare import check_same_cases, compare, compare_predictions
 from src.compare import main as compare_main
+from src.data.synthetic import SyntheticDataModule
 from src.errors import UserError
 from src.stats.bootstrap import (
     bootstrap_auroc,
@@ -31,7 +32,9 @@ from src.stats.delong import auroc, delong_test, delong_variance
 from src.stats.holm import holm
 from src.stats.operating import at_threshold, check_rule, choose_threshold, wilson
 from src.stats.predictions import Predictions, from_task, read_predictions, write_predictions
+from src.stats.run import split_predictions
 from src.stats.subgroups import age_band, age_years, subgroup_metrics
+from src.tasks import Task
 
 RNG = np.random.default_rng(7)
 
@@ -288,3 +291,18 @@ def test_compare_cli_writes_the_schema(tmp_path: Path, monkeypatch, capsys) -> N
     )
     with pytest.raises(UserError, match=r"has no predictions_test\.csv"):
         compare(cfg)
+
+
+def test_predictions_are_paired_with_ids_only_in_dataset_order() -> None:
+    dm = SyntheticDataModule(
+        name="s", root=None, image_size=16, mean=[0.5] * 3, std=[0.5] * 3, sizes={"test": 12}, task="binary"
+    )
+    task = Task(dm.task_type, dm.class_names)
+    target = dm.split_targets("test")
+    scores = torch.rand(12)
+    pred = split_predictions(dm, "test", (scores, target.int()), task)
+    assert pred.ids == [str(i) for i in range(12)] and np.array_equal(pred.labels[:, 1], target.numpy())
+    assert split_predictions(dm, "test", (scores[:8], target[:8].int()), task).ids == pred.ids[:8]  # limited
+    order = torch.argsort(target, stable=True)  # e.g. shards gathered rank by rank under DDP
+    assert not torch.equal(order, torch.arange(12))
+    assert split_predictions(dm, "test", (scores[order], target[order].int()), task) is None

@@ -69,6 +69,16 @@ def split_predictions(
         return None
     if n < len(ids):  # trainer.limit_*_batches: the loaders are sequential, so these are the first n cases
         log.warning("%s split limited to its first %d of %d cases", split, n, len(ids))
+    expected = datamodule.split_targets(split)
+    if expected is not None and not torch.equal(task.metric_target(expected[:n]).long(), kept[1].long()):
+        # Scores paired with the wrong ids would be a silent error in every statistic built on them.
+        log.error(
+            "%s predictions are not in the dataset's order (their labels differ from the split's); "
+            "predictions_%s.csv and the statistics are not written",
+            split,
+            split,
+        )
+        return None
     return from_task(ids[:n], *kept, task.type, task.class_names)
 
 
