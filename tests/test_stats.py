@@ -34,6 +34,7 @@ from src.stats.operating import at_threshold, check_rule, choose_threshold, wils
 from src.stats.predictions import Predictions, from_task, read_predictions, write_predictions
 from src.stats.run import split_predictions
 from src.stats.subgroups import age_band, age_years, subgroup_metrics
+from src.summary import format_summary
 from src.tasks import Task
 
 RNG = np.random.default_rng(7)
@@ -306,3 +307,11 @@ def test_predictions_are_paired_with_ids_only_in_dataset_order() -> None:
     order = torch.argsort(target, stable=True)  # e.g. shards gathered rank by rank under DDP
     assert not torch.equal(order, torch.arange(12))
     assert split_predictions(dm, "test", (scores[order], target[order].int()), task) is None
+
+
+def test_closing_summary_shows_the_test_auroc_interval() -> None:
+    base = {"trainable_params": 1, "total_params": 2, "trainable_pct": 50.0, "adapter_bytes": 10}
+    base |= {"adapter_path": "a", "run_dir": "r", "test/auroc": 0.9, "val/auroc": 0.8}
+    text = format_summary(base | {"test/auroc_ci_low": 0.85, "test/auroc_ci_high": 0.95})
+    assert "0.9000  [0.8500, 0.9500] 95 % bootstrap CI" in text
+    assert "0.8000\n" in format_summary(base)  # val: no interval, none shown
