@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 
+from src.compare import compare
 from src.errors import UserError
 from src.report import report
 from src.stats.predictions import from_task, write_predictions
@@ -97,3 +99,25 @@ def test_reference_p_values_pair_seeds_and_are_holm_adjusted(store) -> None:
         report(compose(tmp, "reference=lora"))
     with pytest.raises(UserError, match="compares test AUROC"):
         report(compose(tmp, "reference=full", "metric=test/auroc_ci_low"))
+
+
+def test_compare_takes_mlflow_run_ids(store) -> None:
+    tmp, scores = store
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    runs = client.search_runs(client.get_experiment_by_name("synthetic").experiment_id, "params.seed = '1'")
+    by_peft = {r.data.tags["peft"]: r.info.run_id for r in runs if r.data.tags["dataset"] == "synthetic"}
+    cfg = OmegaConf.create(
+        {
+            "runs": [by_peft["full"], by_peft["linear"]],
+            "n_boot": 50,
+            "seed": 0,
+            "ci": 0.95,
+            "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
+        }
+    )
+    result = compare(cfg)
+    expected = mann_whitney(scores[("linear", 1)], LABEL) - mann_whitney(scores[("full", 1)], LABEL)
+    assert result["macro"]["delta"] == pytest.approx(expected)
+    cfg.runs = [by_peft["full"], "0" * 32]
+    with pytest.raises(UserError, match=r"no predictions_test\.csv artifact"):
+        compare(cfg)

@@ -28,7 +28,7 @@ from src.stats.bootstrap import (
     roc_band,
 )
 from src.stats.calibration import ece, reliability_bins
-from src.stats.delong import auroc, delong_test, delong_variance
+from src.stats.delong import auroc, delong_test, delong_variance, midranks
 from src.stats.holm import holm
 from src.stats.operating import at_threshold, check_rule, choose_threshold, wilson
 from src.stats.predictions import Predictions, from_task, read_predictions, write_predictions
@@ -315,3 +315,7 @@ def test_closing_summary_shows_the_test_auroc_interval() -> None:
     text = format_summary(base | {"test/auroc_ci_low": 0.85, "test/auroc_ci_high": 0.95})
     assert "0.9000  [0.8500, 0.9500] 95 % bootstrap CI" in text
     assert "0.8000\n" in format_summary(base)  # val: no interval, none shown
+
+
+def test_midranks_share_tied_ranks() -> None:
+    assert midranks(np.array([3.0, 1.0, 3.0, 2.0, 3.0])).tolist() == [4.0, 1.0, 4.0, 2.0, 4.0]

@@ -31,7 +31,7 @@ def resample_indices(strata: np.ndarray | None, n: int, n_boot: int, seed: int) 
     groups = [np.arange(n)] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]
     for start in range(0, n_boot, CHUNK):
         b = min(CHUNK, n_boot - start)
-        parts = [g[rng.integers(0, len(g), size=(b, len(g)))] for g in groups if len(g)]
+        parts = [g[rng.integers(0, len(g), size=(b, len(g)), dtype=np.int32)] for g in groups if len(g)]
         yield np.concatenate(parts, axis=1)
 
 

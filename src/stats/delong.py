@@ -20,17 +20,34 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def sorted_midranks(values: np.ndarray) -> np.ndarray:
+    """1-based midranks of already ascending ``values``: tied values share the mean of their ranks."""
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    counts = np.diff(np.r_[starts, len(values)])
+    return np.repeat(starts + (counts + 1) / 2.0, counts)
+
+
 def midranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks of ``x`` with tied values sharing the mean of their ranks."""
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return (ends - (counts - 1) / 2.0)[inverse]
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = sorted_midranks(x[order])
+    return ranks
 
 
 def _components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """(AUROC, V10 per positive, V01 per negative) of one score vector (Sun & Xu 2014, Algorithm 1)."""
+    """(AUROC, V10 per positive, V01 per negative) of one score vector (Sun & Xu 2014, Algorithm 1). Their
+    three midrank passes share one sort: positives and negatives keep their order within the joint one."""
     m, n = len(pos), len(neg)
-    tx, ty, tz = midranks(pos), midranks(neg), midranks(np.concatenate([pos, neg]))
+    joint = np.concatenate([pos, neg])
+    order = np.argsort(joint, kind="stable")
+    ordered = joint[order]
+    tz = np.empty(m + n)
+    tz[order] = sorted_midranks(ordered)
+    is_pos = order < m
+    tx, ty = np.empty(m), np.empty(n)
+    tx[order[is_pos]] = sorted_midranks(ordered[is_pos])
+    ty[order[~is_pos] - m] = sorted_midranks(ordered[~is_pos])
     auc = (tz[:m].sum() - m * (m + 1) / 2.0) / (m * n)
     v10 = (tz[:m] - tx) / n
     v01 = 1.0 - (tz[m:] - ty) / m

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from src.data.base import SPLITS, ClassificationDataModule
+from src.errors import UserError
 from src.stats.bootstrap import bootstrap_auroc, macro, percentile_ci
 from src.stats.calibration import ece
 from src.stats.delong import per_class_auroc
@@ -42,8 +43,6 @@ def stats_options(cfg: DictConfig) -> dict[str, Any]:
     options["operating_point"] = check_rule((cfg.get("task") or {}).get("operating_point", "youden"))
     n_boot = options["n_boot"]
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        from src.errors import UserError
-
         raise UserError(
             f"stats.n_boot={n_boot!r} must be a positive number of bootstrap resamples (e.g. 2000)."
         )
