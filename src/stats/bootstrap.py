@@ -156,24 +156,35 @@ def roc_band(
     points: int = 101,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(false-positive-rate grid, low, high): a pointwise percentile band of the ROC curve's true-positive
-    rate over stratified case resamples, each curve read at the grid as the highest TPR reached at or below
-    that FPR (vertical averaging, Fawcett 2006, *An introduction to ROC analysis*)."""
+    rate over stratified case resamples, each curve read at the grid as the TPR of its last point whose FPR
+    does not exceed the grid value (vertical averaging, Fawcett 2006, *An introduction to ROC analysis*)."""
     label = np.asarray(label).astype(bool)
+    n = len(label)
     order = np.argsort(-np.asarray(score, np.float64), kind="stable")
-    sorted_scores, positive = np.asarray(score)[order], label[order]
-    ends = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(order) - 1]  # one ROC point per distinct score
+    ordered, positive = np.asarray(score)[order], label[order]
+    ends = np.r_[np.flatnonzero(np.diff(ordered)), n - 1]  # one ROC point per distinct score
+    pos_upto = np.cumsum(positive)[ends]  # positives ranked at or above each point
+    neg_upto = ends + 1 - pos_upto
+    pos_rows, neg_rows = order[positive], order[~positive]
     grid = np.linspace(0, 1, points)
     tprs = np.full((n_boot, points), math.nan)
     done = 0
-    for indices in resample_indices(label.astype(np.int64), len(label), n_boot, seed):
-        counts = multiplicities(indices, len(label))[order].astype(np.int64)
-        tp = np.cumsum(counts * positive[:, None], axis=0)[ends]
-        fp = np.cumsum(counts, axis=0)[ends] - tp
-        tpr = np.vstack([np.zeros(len(indices)), tp / np.maximum(tp[-1], 1)])
-        fpr = np.vstack([np.zeros(len(indices)), fp / np.maximum(fp[-1], 1)])
-        for j in range(len(indices)):
-            at = np.searchsorted(fpr[:, j], grid, side="right") - 1
-            tprs[done + j] = np.maximum.accumulate(tpr[:, j])[at]
-        done += len(indices)
+    for indices in resample_indices(label.astype(np.int64), n, n_boot, seed):
+        counts = multiplicities(indices, n)
+        b = len(indices)
+        tp_cum = np.zeros((len(pos_rows) + 1, b))
+        fp_cum = np.zeros((len(neg_rows) + 1, b))
+        np.cumsum(counts[pos_rows], axis=0, out=tp_cum[1:])
+        np.cumsum(counts[neg_rows], axis=0, out=fp_cum[1:])
+        tp, fp = tp_cum[pos_upto].T, fp_cum[neg_upto].T  # (b, points of the curve)
+        # One searchsorted for all resamples: column j's FPs offset by j * (n + 1) keep the rows apart.
+        offsets = np.arange(b)[:, None] * (n + 1.0)
+        found = np.searchsorted(
+            (fp + offsets).ravel(), (grid * fp_cum[-1][:, None] + offsets).ravel(), "right"
+        )
+        local = found.reshape(b, points) - 1 - np.arange(b)[:, None] * tp.shape[1]
+        reached = np.take_along_axis(tp, np.maximum(local, 0), axis=1)
+        tprs[done : done + b] = np.where(local >= 0, reached, 0.0) / tp_cum[-1][:, None]
+        done += b
     lo, hi = np.quantile(tprs, [(1 - level) / 2, (1 + level) / 2], axis=0)
     return grid, lo, hi
