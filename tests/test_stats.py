@@ -36,6 +36,7 @@ from src.stats.run import split_predictions
 from src.stats.subgroups import age_band, age_years, subgroup_metrics
 from src.summary import format_summary
 from src.tasks import Task
+from src.train import train
 
 RNG = np.random.default_rng(7)
 
@@ -319,3 +320,16 @@ def test_closing_summary_shows_the_test_auroc_interval() -> None:
 
 def test_midranks_share_tied_ranks() -> None:
     assert midranks(np.array([3.0, 1.0, 3.0, 2.0, 3.0])).tolist() == [4.0, 1.0, 4.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stats.n_boot=0", "stats.n_boot=0"),
+        ("stats.ci=95", "stats.ci=95"),
+        ("task.operating_point=sens90", "operating_point"),
+    ],
+)
+def test_bad_statistics_options_fail_before_training(override: str, message: str, make_cfg) -> None:
+    with pytest.raises(UserError, match=message):
+        train(make_cfg(override))

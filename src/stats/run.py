@@ -46,6 +46,9 @@ def stats_options(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(
             f"stats.n_boot={n_boot!r} must be a positive number of bootstrap resamples (e.g. 2000)."
         )
+    level = options["ci"]
+    if isinstance(level, bool) or not isinstance(level, float) or not 0 < level < 1:
+        raise UserError(f"stats.ci={level!r} must be a coverage in (0, 1), e.g. 0.95.")
     return options
 
 
@@ -123,6 +126,7 @@ def suffix(name: str, many: bool) -> str:
 def operating_points(val: Predictions | None, test: Predictions, rule: str) -> dict[str, float]:
     """Threshold per curve chosen on val by ``rule``; sensitivity / specificity / PPV / NPV on test."""
     if val is None:
+        log.info("no validation predictions: no operating point")
         return {}
     names, val_labels, val_scores = val.curves()
     _, labels, scores = test.curves()
@@ -150,6 +154,8 @@ def calibration(test: Predictions) -> dict[str, float]:
     out: dict[str, float] = {}
     for c, name in enumerate(names):
         known = ~np.isnan(labels[:, c])
+        if not known.any():
+            continue
         values.append(ece(scores[known, c], labels[known, c]))
         if len(names) > 1:
             out[f"test/ece/{name}"] = values[-1]
@@ -164,17 +170,16 @@ def run_statistics(
     test: tuple[Tensor, Tensor] | None,
     val: tuple[Tensor, Tensor] | None,
     out: Path,
-    prefix: str = "",
 ) -> tuple[dict[str, float], list[Path]]:
-    """Write predictions and return the statistics for metrics.json; ``prefix`` names eval's files."""
+    """Write the predictions files; return the statistics for metrics.json and the files written."""
     options = stats_options(cfg)
     test_pred = split_predictions(datamodule, "test", test, task)
     if test_pred is None:
         return {}, []
-    files = [write_predictions(test_pred, out / f"{prefix}predictions_test.csv")]
+    files = [write_predictions(test_pred, out / "predictions_test.csv")]
     val_pred = split_predictions(datamodule, "val", val, task)
     if val_pred is not None:
-        files.append(write_predictions(val_pred, out / f"{prefix}predictions_val.csv"))
+        files.append(write_predictions(val_pred, out / "predictions_val.csv"))
     n_boot, seed, level = options["n_boot"], options["seed"], options["ci"]
     metrics = auroc_intervals(test_pred, n_boot, seed, level)
     metrics |= operating_points(val_pred, test_pred, options["operating_point"])
@@ -183,7 +188,7 @@ def run_statistics(
     if groups:
         n = len(test_pred)
         groups = {k: v[:n] for k, v in groups.items()}
-        metrics |= subgroup_metrics(test_pred, groups, options["age_bands"], n_boot, seed)
+        metrics |= subgroup_metrics(test_pred, groups, options["age_bands"], n_boot, seed, level)
     return metrics, files
 
 

@@ -61,6 +61,7 @@ def subgroup_metrics(
     age_edges: Sequence[float] = (40, 60, 80),
     n_boot: int = 2000,
     seed: int = 0,
+    level: float = 0.95,
     prefix: str = "test/subgroup",
 ) -> dict[str, Any]:
     """``<prefix>/<attribute>/<group>/{auroc,auroc_ci_low,auroc_ci_high,n}`` and
@@ -78,7 +79,7 @@ def subgroup_metrics(
             rows = np.flatnonzero(groups == group)
             point = macro(per_class_auroc(scores[rows], labels[rows]))
             boot = macro(bootstrap_auroc([scores[rows]], labels[rows], n_boot, seed)[0])
-            lo, hi = percentile_ci(boot)
+            lo, hi = percentile_ci(boot, level)
             key = f"{prefix}/{name}/{group}"
             out |= {f"{key}/auroc": float(point), f"{key}/auroc_ci_low": lo, f"{key}/auroc_ci_high": hi}
             out[f"{key}/n"] = len(rows)
