@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from src.compare import compare
 from src.errors import UserError
 from src.report import report
+from src.report_stats import PredictionStore
 from src.stats.predictions import from_task, write_predictions
 from tests.conftest import compose_train
 
@@ -121,3 +122,11 @@ def test_compare_takes_mlflow_run_ids(store) -> None:
     cfg.runs = [by_peft["full"], "0" * 32]
     with pytest.raises(UserError, match=r"no predictions_test\.csv artifact"):
         compare(cfg)
+
+
+def test_a_run_without_predictions_is_named(store, tmp_path: Path) -> None:
+    tmp, _ = store
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    run = client.create_run(client.get_experiment_by_name("synthetic").experiment_id, run_name="bare")
+    with pytest.raises(UserError, match=r"\(bare\) has no predictions_test\.csv artifact"):
+        PredictionStore(client, tmp_path).get(client.get_run(run.info.run_id))
