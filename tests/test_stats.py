@@ -26,6 +26,7 @@ from src.stats.bootstrap import (
     percentile_ci,
     resample_indices,
     roc_band,
+    single_label_strata,
 )
 from src.stats.calibration import ece, reliability_bins
 from src.stats.delong import auroc, delong_test, delong_variance, midranks
@@ -333,3 +334,11 @@ def test_midranks_share_tied_ranks() -> None:
 def test_bad_statistics_options_fail_before_training(override: str, message: str, make_cfg) -> None:
     with pytest.raises(UserError, match=message):
         train(make_cfg(override))
+
+
+def test_single_label_tasks_are_stratified_by_class() -> None:
+    binary = np.array([[1.0], [0.0], [1.0]])  # a binary task's positive-class column
+    assert single_label_strata(binary).tolist() == [1, 0, 1]
+    assert single_label_strata(np.eye(3)[[2, 0, 1, 2]]).tolist() == [2, 0, 1, 2]
+    assert single_label_strata(np.array([[1.0, 1.0], [0.0, 1.0]])) is None  # multilabel
+    assert single_label_strata(np.array([[1.0], [np.nan]])) is None

@@ -76,8 +76,13 @@ class _Curve:
 
 
 def single_label_strata(labels: np.ndarray) -> np.ndarray | None:
-    """Class index per case when ``labels`` (n, k) is one-hot with nothing unknown, else None."""
-    if np.isnan(labels).any() or not np.all(labels.sum(axis=1) == 1):
+    """Class index per case for single-label tasks — (n, k) one-hot, or the one 0/1 column of a binary
+    task's positive class — with nothing unknown; else None (multilabel: whole cases)."""
+    if np.isnan(labels).any():
+        return None
+    if labels.shape[1] == 1:
+        return labels[:, 0].astype(np.int64)
+    if not np.all(labels.sum(axis=1) == 1):
         return None
     return labels.argmax(axis=1)
 
@@ -90,8 +95,8 @@ def bootstrap_auroc(
     strata: np.ndarray | str | None = "auto",
 ) -> np.ndarray:
     """(runs, n_boot, k) AUROC of every run's (n, k) ``scores`` against (n, k) 0/1 ``labels`` (NaN =
-    unknown, left out) in each paired resample. ``strata="auto"``: by class when ``labels`` is one-hot
-    (binary / multiclass), whole cases otherwise (multilabel)."""
+    unknown, left out) in each paired resample. ``strata="auto"``: by class for binary / multiclass labels
+    (:func:`single_label_strata`), whole cases otherwise (multilabel)."""
     labels = np.asarray(labels, dtype=np.float64)
     n, k = labels.shape
     if isinstance(strata, str):
