@@ -342,3 +342,10 @@ def test_single_label_tasks_are_stratified_by_class() -> None:
     assert single_label_strata(np.eye(3)[[2, 0, 1, 2]]).tolist() == [2, 0, 1, 2]
     assert single_label_strata(np.array([[1.0, 1.0], [0.0, 1.0]])) is None  # multilabel
     assert single_label_strata(np.array([[1.0], [np.nan]])) is None
+
+
+def test_unreachable_specificity_calls_nobody_positive() -> None:
+    label = np.array([1, 0, 0, 1])
+    score = np.array([0.9, 0.9, 0.9, 0.1])  # every negative ties with the top score
+    assert choose_threshold(score, label, "spec@0.9") == math.inf
+    assert at_threshold(score, label, math.inf)["specificity"][0] == 1.0

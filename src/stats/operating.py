@@ -2,9 +2,10 @@
 
 ``youden`` maximises Youden's J = sensitivity + specificity - 1 (Youden 1950); ``sens@0.9`` is the highest
 threshold whose validation sensitivity is at least 0.9 (the most specific such rule), ``spec@0.9`` the
-lowest whose validation specificity is at least 0.9 (the most sensitive). A case is called positive when its
-score is >= the threshold. On test: sensitivity, specificity, PPV and NPV with Wilson score intervals
-(Wilson 1927; the interval STARD-style diagnostic accuracy reports use for a proportion).
+lowest whose validation specificity is at least 0.9 (the most sensitive; +inf, nobody positive, when every
+score fails it). A case is called positive when its score is >= the threshold. On test: sensitivity,
+specificity, PPV and NPV with Wilson score intervals (Wilson 1927; the interval STARD-style diagnostic
+accuracy reports use for a proportion).
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ def check_rule(rule: str) -> str:
 
 
 def roc_points(score: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(thresholds descending, sensitivity, specificity) for every distinct score used as threshold."""
+    """(thresholds descending, sensitivity, specificity): +inf (nobody called positive), then every
+    distinct score."""
     order = np.argsort(-score, kind="stable")
     s, y = score[order], label[order].astype(bool)
     last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of every run of equal scores
-    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
+    tp, fp = np.r_[0, np.cumsum(y)[last]], np.r_[0, np.cumsum(~y)[last]]
     p, n = y.sum(), (~y).sum()
-    return s[last], tp / max(p, 1), 1 - fp / max(n, 1)
+    return np.r_[np.inf, s[last]], tp / max(p, 1), 1 - fp / max(n, 1)
 
 
 def choose_threshold(score: np.ndarray, label: np.ndarray, rule: str) -> float:
@@ -53,7 +55,7 @@ def choose_threshold(score: np.ndarray, label: np.ndarray, rule: str) -> float:
     if kind == "sens":
         ok = np.flatnonzero(sens >= target - 1e-12)
         return float(thresholds[ok[0]])  # sensitivity grows as the threshold falls: the first one reaching it
-    ok = np.flatnonzero(spec >= target - 1e-12)
+    ok = np.flatnonzero(spec >= target - 1e-12)  # never empty: +inf has specificity 1
     return float(thresholds[ok[-1]])
 
 

@@ -67,6 +67,7 @@ def from_task(
     t = target.numpy()
     k = len(class_names)
     if task_type == "binary":
+        s = s.reshape(-1)  # P(class 1), whichever head (2-way softmax or one sigmoid logit) produced it
         s = np.stack([1.0 - s, s], axis=1)
     if task_type in ("binary", "multiclass"):
         labels = np.eye(k)[t.astype(np.int64)]
