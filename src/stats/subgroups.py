@@ -51,7 +51,7 @@ def normalise(attribute: str, values: Sequence[str], age_edges: Sequence[float])
     if attribute.lower() in AGE_ATTRIBUTES:
         return [age_band(age_years(str(v)), age_edges) for v in values]
     if attribute.lower() in ("sex", "gender", "patient sex", "patient gender"):
-        return [SEX.get(str(v).strip().lower(), str(v).strip()) for v in values]
+        return [SEX.get(str(v).strip().lower(), UNSAFE.sub("_", str(v).strip())) for v in values]
     return [UNSAFE.sub("_", str(v).strip()) for v in values]
 
 
