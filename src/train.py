@@ -46,6 +46,7 @@ from src.resume import (
     resume_checkpoint,
     write_run_id,
 )
+from src.stats.run import loggable, run_statistics, stats_options, write_splits
 from src.strategies import Strategy, count_parameters
 from src.summary import format_summary, write_json
 from src.tasks import Task
@@ -116,6 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     """As :func:`train`, also returning the model (with the best checkpoint's weights loaded)."""
     validate_config(cfg)
+    stats_options(cfg)  # a bad stats.* / task.operating_point fails now, not after training
     cfg = check_tracking(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.paths.output_dir)
@@ -182,11 +184,17 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     extras, files = {**extras, **strategy_extras}, [*files, *strategy_files]
     if module.test_predictions is not None:  # None with test=false, or after ddp_spawn's own processes
         files += write_figures(*module.test_predictions, task, out)
+    split_files = write_splits(datamodule, task, out)
+    stats, stats_files = run_statistics(
+        cfg, datamodule, task, module.test_predictions, module.val_predictions, out
+    )
+    files += stats_files
 
     adapter_path = out / "adapter.safetensors"
     metadata = adapter_metadata(cfg, strategy, task, datamodule.color) | decoding_metadata(datamodule)
     adapter_bytes = save_adapter(model, adapter_path, metadata)
     metrics: dict[str, Any] = {
+        **stats,  # before the logged scores: where both hold a key, the value Lightning logged stands
         **{k: float(v) for k, v in scores.items()},
         "trainable_params": trainable,
         "total_params": total,
@@ -202,8 +210,10 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     if isinstance(run_logger, MLflowLogger):
         run_logger.log_metrics(
             {k: metrics[k] for k in ("trainable_params", "trainable_pct", "adapter_bytes")}
+            | loggable({k: v for k, v in stats.items() if k not in scores})
         )
         run_logger.log_files([adapter_path, out / "metrics.json", out / "config.yaml", *files])
+        run_logger.log_files(split_files, "splits")
     print(format_summary(metrics), flush=True)
     return metrics, model
 

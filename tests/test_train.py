@@ -132,6 +132,11 @@ def test_mlflow_run_gets_params_metrics_and_artifacts(make_cfg, tmp_path: Path) 
     assert len(history) == 3  # one per epoch, then the best checkpoint re-validated
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"adapter.safetensors", "metrics.json", "config.yaml", "backbone_load.json"} <= artifacts
+    assert "predictions_test.csv" in artifacts
+    splits = {a.path for a in client.list_artifacts(run.info.run_id, "splits")}
+    assert splits == {"splits/train.csv", "splits/val.csv", "splits/test.csv"}
+    for key in ("test/auroc_ci_low", "test/auroc_ci_high", "test/op_sensitivity", "test/ece"):
+        assert run.data.metrics[key] == pytest.approx(metrics[key])
     assert run.info.status == "FINISHED"
 
 

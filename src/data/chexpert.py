@@ -80,7 +80,7 @@ class CheXpertDataModule(FileDataModule):
     def read(self, base: Path, csv_name: str) -> FileSplit:
         path = self.require(base / csv_name, "label file")
         try:
-            table = pd.read_csv(path, usecols=["Path", "Frontal/Lateral", *FINDINGS])
+            table = pd.read_csv(path, usecols=["Path", "Frontal/Lateral", *FINDINGS, "Sex", "Age"])
         except ValueError as err:
             raise UserError(f"{path} lacks the CheXpert columns: {err}. Expected layout: {LAYOUT}.") from None
         if self.frontal_only:
@@ -94,8 +94,12 @@ class CheXpertDataModule(FileDataModule):
         for column, finding in enumerate(FINDINGS):
             uncertain = values[:, column] == -1.0
             values[uncertain, column] = UNCERTAIN[self.policies[finding]]
+        meta = {
+            "sex": table["Sex"].fillna("").astype(str).tolist(),
+            "age": table["Age"].fillna("").astype(str).tolist(),
+        }
         return FileSplit(
-            [base / r for r in relative], torch.from_numpy(values), [r.split("/")[1] for r in relative]
+            [base / r for r in relative], torch.from_numpy(values), [r.split("/")[1] for r in relative], meta
         )
 
     def index(self, root: Path) -> dict[str, FileSplit]:

@@ -40,11 +40,13 @@ SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validati
 class FileSplit:
     """One split: ``targets`` is (N,) int64 for binary / multiclass, (N, C) float32 for multilabel
     (NaN where a label is unknown and must be left out of loss and metrics); ``groups`` are patient ids,
-    so that anything carved from a split keeps each patient on one side."""
+    so that anything carved from a split keeps each patient on one side; ``meta`` holds subgroup attributes
+    (``sex``, ``age``, ...: one raw value per image) where the layout records them."""
 
     paths: list[Path]
     targets: Tensor
     groups: list[str] | None = None
+    meta: dict[str, list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -56,6 +58,7 @@ class FileSplit:
             [self.paths[i] for i in idx],
             self.targets[idx],
             None if self.groups is None else [self.groups[i] for i in idx],
+            None if self.meta is None else {k: [v[i] for i in idx] for k, v in self.meta.items()},
         )
 
 
@@ -307,6 +310,20 @@ class FileDataModule(ClassificationDataModule):
         return ImageFileDataset(
             *args, load_size=size, color=self.color, frames=self.dicom_frames, decode=self.decode
         )
+
+    def sample_ids(self, split: str) -> list[str]:
+        """Each image's path relative to the dataset root (after ``on_bad_image=skip`` left any out)."""
+        self.check()
+        root = Path(self.root).expanduser()
+        return [relative_to(p, root) for p in self.splits[split].paths]
+
+    def split_targets(self, split: str) -> Tensor:
+        self.check()
+        return self.splits[split].targets
+
+    def subgroups(self, split: str) -> dict[str, list[str]]:
+        self.check()
+        return dict(self.splits[split].meta or {})
 
     def report(self, out: Path) -> tuple[dict[str, Any], list[Path]]:
         """Split sizes for metrics.json; ``train_files.txt`` (the training images used, relative to the

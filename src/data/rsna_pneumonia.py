@@ -26,6 +26,7 @@ from src.data.base import SPLITS
 from src.data.files import FileDataModule, FileSplit, check_labels_match
 from src.data.medpeft_lists import medpeft_lists
 from src.data.splits import stratified_split
+from src.data.subgroups import dicom_subgroups
 from src.errors import UserError
 
 LABELS = "stage_2_train_labels.csv"
@@ -52,6 +53,11 @@ class RSNAPneumoniaDataModule(FileDataModule):
     ) -> None:
         super().__init__(task="binary", class_names=("no_opacity", "lung_opacity"), **kwargs)
         self.seed, self.split_dir, self.split_train = seed, split_dir, split_train
+
+    def subgroups(self, split: str) -> dict[str, list[str]]:
+        """PatientSex / PatientAge from the split's DICOM headers."""
+        self.check()
+        return dicom_subgroups(self.splits[split].paths)
 
     def index(self, root: Path) -> dict[str, FileSplit]:
         if self.split_dir is not None:

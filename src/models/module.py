@@ -1,8 +1,9 @@
 """The LightningModule: a classifier, a task (loss + metrics) and an optimizer recipe.
 
 It knows nothing of PEFT strategies: whatever parameters the strategy left trainable are optimised.
-The test split's scores and targets are kept (gathered across DDP processes) for the run's figures.
 Checkpoints leave the frozen weights out and record how to rebuild them (:mod:`src.lean_checkpoint`).
+The val and test splits' scores and targets are kept (gathered across DDP processes) for the run's
+figures and statistics (src.stats: the operating point is chosen on val, judged on test).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ class ClassificationModule(L.LightningModule):
         self.optim = dict(optim)
         self.save_hyperparameters({"task": task.type, "class_names": list(task.class_names), "optim": optim})
         self.metrics = nn.ModuleDict({stage: task.metrics() for stage in ("val", "test")})
-        self._test_batches: list[tuple[Tensor, Tensor]] = []
+        self._batches: dict[str, list[tuple[Tensor, Tensor]]] = {"val": [], "test": []}
         self.test_predictions: tuple[Tensor, Tensor] | None = None
+        self.val_predictions: tuple[Tensor, Tensor] | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
@@ -58,17 +60,28 @@ class ClassificationModule(L.LightningModule):
         scores = self.task.scores(logits)
         target = self.task.metric_target(target)
         self.metrics[stage].update(scores, target)
-        if stage == "test":
-            self._test_batches.append((scores.detach(), target.detach()))
+        self._batches[stage].append((scores.detach(), target.detach()))
 
     def _eval_epoch_end(self, stage: str) -> None:
         computed = self.metrics[stage].compute()
         self.metrics[stage].reset()
         for name, value in self.task.expand(computed, stage).items():
             self.log(name, value, prog_bar=name == f"{stage}/auroc")
+        predictions = self._gather(self._batches[stage]) if self._batches[stage] else None
+        setattr(self, f"{stage}_predictions", predictions)
+        self._batches[stage] = []
+
+    def _gather(self, batches: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        scores, target = (torch.cat(parts) for parts in zip(*batches, strict=True))
+        if self.trainer.world_size > 1:  # every process tested a shard (DistributedSampler pads them equal)
+            scores, target = (self.all_gather(t).flatten(0, 1) for t in (scores, target))
+        return scores.cpu(), target.cpu()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._batches["val"] = []
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -77,15 +90,10 @@ class ClassificationModule(L.LightningModule):
         self._eval_step("test", batch)
 
     def on_test_epoch_start(self) -> None:
-        self._test_batches = []
+        self._batches["test"] = []
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
-        scores, target = (torch.cat(parts) for parts in zip(*self._test_batches, strict=True))
-        if self.trainer.world_size > 1:  # every process tested a shard (DistributedSampler pads them equal)
-            scores, target = (self.all_gather(t).flatten(0, 1) for t in (scores, target))
-        self.test_predictions = (scores.cpu(), target.cpu())
-        self._test_batches = []
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = dict(self.optim)
