@@ -7,6 +7,11 @@ Exits non-zero when any differs by more than ``tolerance``. Writes ``eval.json``
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # config errors in a second, before the heavy imports below (src/entry.py)
+    from src.entry import check_config
+
+    check_config("eval")
+
 import json
 import logging
 from pathlib import Path
@@ -20,6 +25,7 @@ from src.checkpoint_io import read_checkpoint
 from src.config import PROJECT_ROOT, instantiate_user
 from src.errors import UserError
 from src.models.module import ClassificationModule
+from src.quiet import silence_noise
 from src.summary import write_json
 from src.tasks import Task
 from src.train import build_model
@@ -87,6 +93,7 @@ def compare(now: dict[str, float], logged: dict[str, Any], tolerance: float) -> 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="eval")
 def main(cfg: DictConfig) -> None:
+    silence_noise()
     try:
         now, logged = evaluate(cfg.run_dir, cfg.checkpoint)
     except UserError as err:

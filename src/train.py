@@ -7,6 +7,11 @@ run dir and logs them to MLflow.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # config errors in a second, before the heavy imports below (src/entry.py)
+    from src.entry import check_config
+
+    check_config("train")
+
 import json
 import logging
 import sys
@@ -28,10 +33,12 @@ from src.adapter import class_names_json, save_adapter
 from src.checkpoint_io import read_checkpoint
 from src.config import PROJECT_ROOT, instantiate_user, validate_config
 from src.data.base import ClassificationDataModule
+from src.entry import log_to_files, remove_empty_run_dir
 from src.errors import Preempted, UserError, as_user_error
 from src.figures import write_figures
 from src.models.backbone import create_backbone
 from src.models.module import ClassificationModule
+from src.quiet import silence_noise
 from src.resume import (
     keep_csv_log,
     read_run_id,
@@ -185,18 +192,21 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    silence_noise()
     try:
         metrics = train(cfg)
     except Preempted as err:
-        log.warning("%s", err)
+        log_to_files(log, str(err))
         print(f"preempted: {err}", file=sys.stderr, flush=True)
         raise SystemExit(143) from None  # 128 + SIGTERM, as schedulers expect from a terminated job
     except Exception as err:
         if (user := as_user_error(err)) is None:
             raise
-        log.error("%s", user)
+        log_to_files(log, str(user))  # the console gets it once, below
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise user from None  # one failed job: the sweep callback records it, the sweep goes on
+        if not cfg.get("resume") and HydraConfig.initialized():  # resume=... reuses an existing run dir
+            remove_empty_run_dir(Path(HydraConfig.get().runtime.output_dir))
         raise SystemExit(f"error: {user}") from None
     return metrics.get("val/auroc")
 
