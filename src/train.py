@@ -186,6 +186,9 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
             {k: metrics[k] for k in ("trainable_params", "trainable_pct", "adapter_bytes")}
         )
         run_logger.log_files([adapter_path, out / "metrics.json", out / "config.yaml", *files])
+        run_logger.log_datasets(
+            datamodule.datasets, datamodule.name, OmegaConf.to_container(cfg.dataset, resolve=True)
+        )
     print(format_summary(metrics), flush=True)
     return metrics, model
 

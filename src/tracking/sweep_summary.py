@@ -40,6 +40,9 @@ COLUMNS = (
     "error",
 )
 METRICS = (("test/auroc", "test AUROC"), ("test/acc", "test accuracy"))
+# What the parent run shows of its best job, chosen by validation AUROC (never by a test metric).
+SELECT_BY = "val/auroc"
+BEST_METRICS = ("val/auroc", "test/auroc", "test/acc", "trainable_params", "trainable_pct", "adapter_bytes")
 
 
 def summary_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -123,3 +126,27 @@ def plot_summary(rows: list[dict[str, Any]]) -> plt.Figure:
     fig.suptitle("sweep: performance vs trainable parameters (mean ± std over seeds / folds)")
     fig.tight_layout()
     return fig
+
+
+def parent_summary(records: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, str]]:
+    """(metrics, tags) for the sweep's parent run: the number of jobs (and failed ones), and the metrics of
+    the finished job with the highest ``val/auroc``, under their own names, so the parent's row in the
+    runs table reads as the sweep's result; tags ``best_job``, ``best_run_id`` and ``best_overrides``."""
+    rows = summary_rows(records)
+    failed = sum(r["status"] != "COMPLETED" for r in rows)
+    metrics: dict[str, float] = {"sweep/jobs": float(len(rows)), "sweep/failed_jobs": float(failed)}
+    done = [
+        (r, rec)
+        for r, rec in zip(rows, records, strict=True)
+        if r["status"] == "COMPLETED" and isinstance(r.get(SELECT_BY), float) and not math.isnan(r[SELECT_BY])
+    ]
+    if not done:
+        return metrics, {}
+    best, record = max(done, key=lambda pair: pair[0][SELECT_BY])
+    metrics |= {k: float(best[k]) for k in BEST_METRICS if isinstance(best.get(k), (int, float))}
+    metrics_file = Path(record["output_dir"]) / "metrics.json"
+    run_id = json.loads(metrics_file.read_text()).get("mlflow_run_id") if metrics_file.is_file() else None
+    tags = {"best_job": str(best["job"]), "best_overrides": " ".join(record["overrides"])}
+    if run_id:
+        tags["best_run_id"] = run_id
+    return metrics, tags
