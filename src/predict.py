@@ -4,10 +4,17 @@
 The model is rebuilt from the first adapter's recorded backbone and strategy configs; every adapter goes
 into one :class:`~src.bank.AdapterBank`, so switching tasks costs no reload. Images are decoded once and
 every adapter runs over them in batches, in the colour mode (gray / rgb) its run was trained in. The CSV has one row per image and one column per
-``<adapter>:<class>`` probability (softmax for binary / multiclass, sigmoid for multilabel).
+``<task>:<class>`` probability (softmax for binary / multiclass, sigmoid for multilabel), plus a
+``<task>:predicted`` decision per adapter; ``<task>`` is the dataset the adapter was trained on
+(:mod:`src.prediction_columns`).
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # config errors in a second, before the heavy imports below (src/entry.py)
+    from src.entry import check_config
+
+    check_config("predict")
 
 import csv
 import json
@@ -31,6 +38,9 @@ from src.errors import UserError
 from src.melo import melo_to_adapter
 from src.merge import merge_adapters, unmerge_adapters
 from src.models.backbone import create_backbone
+from src.prediction_columns import AdapterTask, adapter_tasks, check_threshold
+from src.prediction_columns import header as csv_header
+from src.prediction_columns import rows as csv_rows
 from src.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -138,14 +148,16 @@ def predict(
 
 
 def write_csv(
-    path: Path, files: list[Path], probs: dict[str, torch.Tensor], classes: dict[str, list[str]]
+    path: Path,
+    files: list[Path],
+    probs: dict[str, torch.Tensor],
+    tasks: dict[str, AdapterTask],
+    threshold: float = 0.5,
 ) -> None:
-    header = ["path"] + [f"{name}:{c}" for name in probs for c in classes[name]]
     with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
-        for row, file in enumerate(files):
-            writer.writerow([str(file)] + [f"{v:.6f}" for name in probs for v in probs[name][row].tolist()])
+        writer.writerow(csv_header(tasks))
+        writer.writerows(csv_rows(files, probs, tasks, threshold))
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="predict")
@@ -162,12 +174,14 @@ def main(cfg: DictConfig) -> None:
                 preset = OmegaConf.to_container(cfg.melo, resolve=True)
                 adapter = melo_to_adapter(preset["file"], preset, Path(tmp) / "adapter.safetensors")
                 adapters = {Path(preset["file"]).stem: str(adapter)}
-            files, probs, classes = predict(
+            threshold = check_threshold(cfg.threshold)
+            files, probs, _ = predict(
                 adapters, list(cfg.inputs), cfg.batch_size, cfg.merge, cfg.backbone_checkpoint
             )
+            tasks = adapter_tasks(adapter_names(adapters), user_named=isinstance(adapters, Mapping))
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
-    write_csv(Path(cfg.out), files, probs, classes)
+    write_csv(Path(cfg.out), files, probs, tasks, threshold)
     print(f"{len(files)} images x {len(probs)} adapters -> {cfg.out}", flush=True)
 
 

@@ -77,6 +77,7 @@ def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task, color: str
         "img_size": str(cfg.backbone.img_size),
         "color": color,  # how src.predict decodes images for this adapter (gray / rgb)
         "task": task.type,
+        "dataset": cfg.dataset.name,  # names the adapter's columns in src.predict's CSV
         "class_names": class_names_json(task.class_names),
         **strategy.metadata(),
         # Enough to rebuild the exact model around the adapter later (predict, adapter bank).
