@@ -3,7 +3,8 @@
 Rich redraws its bar in place; with stdout redirected (nohup, SLURM) it writes only its last frame, so a
 30-minute run showed nothing between the model summary and the end. Off a terminal this callback turns
 the bar off and logs, after each validation (once per epoch with the default ``check_val_every_n_epoch``;
-at every ``val_check_interval`` of a stream that has no epochs), one line::
+at every ``val_check_interval`` of a stream that has no epochs), one line with the mean training loss
+and the time since the previous line::
 
     epoch 3/10  step 120  train/loss 0.4121  val/auroc 0.9342  val/acc 0.8750 ...  12.3 s  ETA 1 min 26 s
 
@@ -123,3 +124,6 @@ class ProgressLog(RichProgressBar):
         if eta is not None:
             parts.append(f"ETA {duration(eta)}")
         log.info("  ".join(parts))
+        # A stream without epochs (src.pretrain) validates every val_check_interval: each line then covers
+        # the steps since the previous one.
+        self._epoch_start, self._loss_sum, self._batches = now, 0.0, 0

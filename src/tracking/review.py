@@ -81,8 +81,8 @@ def _hash(payload: Any) -> str:
 def split_digest(dataset: Any, split: str, config: Mapping[str, Any]) -> str:
     """The cache entry's fingerprint (``<files>_<stamp>`` of ``<split>_<size>px_<color>_<files>_<stamp>``:
     the file list, their sizes and modification times); without a cache, a hash of the dataset config."""
-    images = getattr(dataset, "images", None)
-    if images is not None:
+    images = getattr(dataset, "images", None)  # CachedImageDataset: the entry's images.npy
+    if isinstance(images, (str, Path)):
         return "".join(Path(images).parent.name.split("_")[-2:])[:DIGEST_CHARS]
     return _hash({"split": split, **config})[:DIGEST_CHARS]
 
