@@ -6,7 +6,7 @@ config with Hydra alone, exactly as ``@hydra.main`` will, and exits with one ``e
 error; the entry modules call it above their heavy imports when run as ``__main__``. This module must
 therefore import nothing heavy (no torch, no ``src.config``).
 
-:func:`report_error` prints a user's mistake once (stderr, ``error:``), keeps it in the run's log file and
+:func:`exit_with_error` prints a user's mistake once (stderr, ``error:``), keeps it in the run's log file and
 removes the run dir when the run stopped before writing anything of its own (only Hydra's ``.hydra/`` and
 log are there), so a config error leaves no empty run dir behind.
 """
@@ -18,6 +18,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # What Hydra writes into a run dir before our code runs; a dir holding nothing else is empty.
@@ -82,3 +83,14 @@ def remove_empty_run_dir(run_dir: Path) -> bool:
             handler.close()
     shutil.rmtree(run_dir, ignore_errors=True)
     return True
+
+
+def exit_with_error(logger: logging.Logger, error: BaseException, keep_run_dir: bool = False) -> NoReturn:
+    """End a single run on a user's mistake: one ``error:`` paragraph on stderr, the same in the log file,
+    and no run dir left when the run wrote nothing into it (``keep_run_dir``: a resumed run's own dir)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    log_to_files(logger, str(error))
+    if not keep_run_dir and HydraConfig.initialized():
+        remove_empty_run_dir(Path(HydraConfig.get().runtime.output_dir))
+    raise SystemExit(f"error: {error}")

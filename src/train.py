@@ -33,7 +33,7 @@ from src.adapter import class_names_json, save_adapter
 from src.checkpoint_io import read_checkpoint
 from src.config import PROJECT_ROOT, instantiate_user, validate_config
 from src.data.base import ClassificationDataModule
-from src.entry import log_to_files, remove_empty_run_dir
+from src.entry import exit_with_error, log_to_files
 from src.errors import Preempted, UserError, as_user_error
 from src.figures import write_figures
 from src.models.backbone import create_backbone
@@ -206,12 +206,10 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as err:
         if (user := as_user_error(err)) is None:
             raise
-        log_to_files(log, str(user))  # the console gets it once, below
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            log_to_files(log, str(user))  # the sweep prints every failure at its end
             raise user from None  # one failed job: the sweep callback records it, the sweep goes on
-        if not cfg.get("resume") and HydraConfig.initialized():  # resume=... reuses an existing run dir
-            remove_empty_run_dir(Path(HydraConfig.get().runtime.output_dir))
-        raise SystemExit(f"error: {user}") from None
+        exit_with_error(log, user, keep_run_dir=bool(cfg.get("resume")))  # resume=... reuses a run dir
     return metrics.get("val/auroc")
 
 
