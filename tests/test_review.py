@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
+from src.entry import CONF_DIR
 from src.tracking.review import run_name, split_digest, split_params
 
 
@@ -36,3 +38,14 @@ def test_run_names_differ_between_a_single_run_and_a_sweep_job() -> None:
     when = datetime(2026, 11, 30, 16, 30, 4)
     assert run_name("lora_r4_s42", now=when) == "lora_r4_s42_1130-163004"
     assert run_name("lora_r4_s42", job=3) == "lora_r4_s42_job3"
+
+
+def test_make_mlflow_ui_takes_the_port() -> None:
+    dry = subprocess.run(
+        ["make", "-n", "mlflow-ui", "MLFLOW_PORT=5077", "STAMP=Makefile"],  # STAMP: no venv install
+        cwd=CONF_DIR.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--port 5077" in dry.stdout
