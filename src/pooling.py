@@ -22,11 +22,14 @@ from src.tracking.review import is_machine_key
 REPLICATE = re.compile(r"(^|[._])seed$|^dataset\.fold$")
 # Already part of a row / column label, or not a setting.
 LABELLED = {"dataset.name", "dataset.label_fraction", "peft.name", "peft.rank", "rank", "tags"}
+# What the console shows and how a backbone is described: no effect on the numbers, so a run from before
+# these keys existed still pools with one from after.
+COSMETIC = re.compile(r"^callbacks\.(progress|model_summary)\.|^backbone\.description$")
 UNSET = "unset"
 
 
 def is_setting(key: str) -> bool:
-    return not (REPLICATE.search(key) or key in LABELLED or is_machine_key(key))
+    return not (REPLICATE.search(key) or key in LABELLED or COSMETIC.search(key) or is_machine_key(key))
 
 
 def settings(run: Run) -> dict[str, str]:

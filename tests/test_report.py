@@ -52,6 +52,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ].info.run_id
         for key, v in (("trainer.max_epochs", epochs), ("seed", str(i)), ("paths.output_dir", f"/tmp/r{i}")):
             client.log_param(run_id, key, v)
+        if i == 1:  # a run logged by a later version, with a console callback the others lack
+            client.log_param(run_id, "callbacks.progress._target_", "src.callbacks.progress.ProgressLog")
     other = client.create_experiment("second", artifact_location=str(tmp_path / "art2"))
     log_run(client, other, "linear", 0.60, dataset="second")
     return tmp_path
