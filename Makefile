@@ -34,13 +34,14 @@ format: $(STAMP)
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# Browse outputs/mlflow.db: make mlflow-ui [MLFLOW_PORT=5001] (port 5000 taken, or a second store open).
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
 mlflow-ui: $(STAMP)
-	.venv/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000
+	.venv/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # A tracking server over the same store: runs log with logger.tracking_uri=http://HOST:PORT.
 # Reachable from other machines (SLURM nodes): make mlflow-server MLFLOW_HOST=0.0.0.0 (trusted network only).
-MLFLOW_HOST ?= 127.0.0.1
-MLFLOW_PORT ?= 5000
 mlflow-server: $(STAMP)
 	.venv/bin/mlflow server --backend-store-uri sqlite:///outputs/mlflow.db \
 		--artifacts-destination outputs/mlartifacts --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)

@@ -10,6 +10,11 @@ predictions, ``eval_predictions_test.csv`` (compare them with ``python -m src.co
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # config errors in a second, before the heavy imports below (src/entry.py)
+    from src.entry import check_config
+
+    check_config("eval")
+
 import json
 import logging
 from pathlib import Path
@@ -23,6 +28,7 @@ from src.checkpoint_io import read_checkpoint
 from src.config import PROJECT_ROOT, instantiate_user
 from src.errors import UserError
 from src.models.module import ClassificationModule
+from src.quiet import silence_noise
 from src.stats.predictions import write_predictions
 from src.stats.run import split_predictions
 from src.summary import write_json
@@ -103,6 +109,7 @@ def compare(now: dict[str, float], logged: dict[str, Any], tolerance: float) -> 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="eval")
 def main(cfg: DictConfig) -> None:
+    silence_noise()
     try:
         now, logged = evaluate(cfg.run_dir, cfg.checkpoint)
     except UserError as err:

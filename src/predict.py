@@ -4,12 +4,19 @@
 The model is rebuilt from the first adapter's recorded backbone and strategy configs; every adapter goes
 into one :class:`~src.bank.AdapterBank`, so switching tasks costs no reload. Images are decoded once and
 every adapter runs over them in batches, in the colour mode (gray / rgb) its run was trained in. The CSV has one row per image and one column per
-``<adapter>:<class>`` probability (softmax for binary / multiclass, sigmoid for multilabel).
+``<task>:<class>`` probability (softmax for binary / multiclass, sigmoid for multilabel), plus a
+``<task>:predicted`` decision per adapter; ``<task>`` is the dataset the adapter was trained on
+(:mod:`src.prediction_columns`).
 Unreadable files never cost the others: see :mod:`src.predict_inputs` (``<out>.errors.csv``, exit status 1,
 ``on_bad_image``, ``dicom_frames``).
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # config errors in a second, before the heavy imports below (src/entry.py)
+    from src.entry import check_config
+
+    check_config("predict")
 
 import csv
 import json
@@ -35,6 +42,9 @@ from src.melo import melo_to_adapter
 from src.merge import merge_adapters, unmerge_adapters
 from src.models.backbone import create_backbone
 from src.predict_inputs import DecodedInputs, check_options, collect_inputs, decode_inputs, write_errors
+from src.prediction_columns import AdapterTask, adapter_tasks, check_threshold
+from src.prediction_columns import header as csv_header
+from src.prediction_columns import rows as csv_rows
 from src.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -163,14 +173,16 @@ def adapter_batches(
 
 
 def write_csv(
-    path: Path, files: list[Path], probs: dict[str, torch.Tensor], classes: dict[str, list[str]]
+    path: Path,
+    files: list[Path],
+    probs: dict[str, torch.Tensor],
+    tasks: dict[str, AdapterTask],
+    threshold: float = 0.5,
 ) -> None:
-    header = ["path"] + [f"{name}:{c}" for name in probs for c in classes[name]]
     with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
-        for row, file in enumerate(files):
-            writer.writerow([str(file)] + [f"{v:.6f}" for name in probs for v in probs[name][row].tolist()])
+        writer.writerow(csv_header(tasks))
+        writer.writerows(csv_rows(files, probs, tasks, threshold))
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="predict")
@@ -188,8 +200,9 @@ def main(cfg: DictConfig) -> None:
                 adapter = melo_to_adapter(preset["file"], preset, Path(tmp) / "adapter.safetensors")
                 adapters = {Path(preset["file"]).stem: str(adapter)}
             check_options(cfg.on_bad_image, cfg.dicom_frames)
+            threshold = check_threshold(cfg.threshold)
             refused: list[tuple[str, str]] | None = [] if cfg.on_bad_image == "skip" else None
-            files, probs, classes = predict(
+            files, probs, _ = predict(
                 adapters,
                 list(cfg.inputs),
                 cfg.batch_size,
@@ -198,9 +211,10 @@ def main(cfg: DictConfig) -> None:
                 cfg.dicom_frames,
                 refused,
             )
+            tasks = adapter_tasks(adapter_names(adapters), user_named=isinstance(adapters, Mapping))
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
-    write_csv(Path(cfg.out), files, probs, classes)
+    write_csv(Path(cfg.out), files, probs, tasks, threshold)
     print(f"{len(files)} images x {len(probs)} adapters -> {cfg.out}", flush=True)
     errors = write_errors(Path(cfg.out), refused or [])
     if errors:

@@ -9,6 +9,11 @@ default run measures transfer.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # config errors in a second, before the heavy imports below (src/entry.py)
+    from src.entry import check_config
+
+    check_config("pretrain")
+
 import hashlib
 import json
 import logging
@@ -24,8 +29,10 @@ from torch import Tensor, nn
 
 from src.atomic import atomic_write
 from src.config import PROJECT_ROOT
+from src.entry import exit_with_error
 from src.errors import UserError
 from src.models.backbone import head_parameter_prefixes
+from src.quiet import silence_noise
 from src.train import fit
 
 log = logging.getLogger(__name__)
@@ -89,11 +96,11 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="pretrain")
 def main(cfg: DictConfig) -> None:
+    silence_noise()
     try:
         pretrain(cfg)
     except UserError as err:
-        log.error("%s", err)
-        raise SystemExit(f"error: {err}") from None
+        exit_with_error(log, err)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,26 @@
-"""The paper table: ``python -m src.report experiments=[sz_cxr,...] [metric=test/auroc] [filter=...]``.
+"""The paper table: ``python -m src.report [experiments=[sz_cxr,...]] [metric=test/auroc] [filter=...]``.
 
-Reads finished MLflow runs of the chosen experiments (narrowed by tags and an MLflow filter) and lays them
+Reads finished MLflow runs of the chosen experiments (default: every experiment in the store at
+``tracking_uri``, which follows ``MLFLOW_TRACKING_URI``; narrowed by tags and an MLflow filter) and lays them
 out as MeLo / MED-PEFT report them: one row per dataset (x label fraction), one column per strategy
 (``lora r4``: rank-bearing strategies carry their rank), each cell the mean ± sample std of ``metric`` over
-the runs that share it (seeds, folds) or, for a single run, its value and bootstrap CI, with two closing rows giving each strategy's trainable share of the
-weights and adapter size. Written as Markdown (printed too), CSV (one line per cell, with n) and LaTeX.
+the runs that share it (seeds, folds) or, for a single run, its value and bootstrap CI, with two closing rows
+giving each strategy's trainable share of the weights and adapter size. Runs that differ in any other setting
+are never pooled: they are shown apart, with a note saying what differed (:mod:`src.pooling`). Written as Markdown (printed too), CSV (one line per cell, with n) and LaTeX.
 ``reference=<column>`` adds paired p-values against that column, ``subgroups=true`` subgroup-gap tables
 (see :mod:`src.report_stats`).
 """
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # config errors in a second, before the heavy imports below (src/entry.py)
+    from src.entry import check_config
+
+    check_config("report")
+
 import csv
 import math
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.atomic import atomic_write
 from src.config import PROJECT_ROOT
 from src.errors import UserError
+from src.pooling import describe, split_by_settings
 from src.report_stats import (
     ci_text,
     comparisons_markdown,
@@ -63,6 +72,7 @@ class Table:
     columns: list[str]
     cells: dict[tuple[str, str], Cell]
     runs: int
+    notes: list[str] = field(default_factory=list)  # runs kept apart because their settings differ
 
 
 def strategy_label(run: Run) -> str:
@@ -79,7 +89,7 @@ def row_label(run: Run) -> str:
 
 def search(client: MlflowClient, cfg: DictConfig) -> list[Run]:
     experiments = []
-    for name in cfg.experiments:
+    for name in cfg.experiments or []:
         found = client.get_experiment_by_name(name)
         if found is None:
             known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
@@ -88,16 +98,25 @@ def search(client: MlflowClient, cfg: DictConfig) -> list[Run]:
                 f"(experiments there: {known})."
             )
         experiments.append(found.experiment_id)
+    if not cfg.experiments:  # every experiment of the store
+        experiments = [e.experiment_id for e in client.search_experiments()]
     clauses = ["attributes.status = 'FINISHED'"]
     tags = {**(cfg.tags or {}), **({"sweep_id": cfg.sweep} if cfg.sweep else {})}
     clauses += [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
     if cfg.filter:
         clauses.append(cfg.filter)
+    runs = search_all(client, experiments, " and ".join(clauses))
+    if cfg.sweep and not runs:
+        known_sweeps(client, experiments, cfg.sweep)
+    return runs
+
+
+def search_all(client: MlflowClient, experiments: list[str], filter_string: str) -> list[Run]:
     runs: list[Run] = []
     token = None
     while True:
         page = client.search_runs(
-            experiments, filter_string=" and ".join(clauses), max_results=1000, page_token=token
+            experiments, filter_string=filter_string, max_results=1000, page_token=token
         )
         runs += page
         token = page.token
@@ -105,32 +124,55 @@ def search(client: MlflowClient, cfg: DictConfig) -> list[Run]:
             return runs
 
 
+def known_sweeps(client: MlflowClient, experiments: list[str], sweep: str) -> None:
+    """An unknown ``sweep=``: raise, listing the sweep ids the selected experiments hold."""
+    parents = search_all(client, experiments, "tags.sweep_role = 'parent'")
+    ids = sorted({r.data.tags["sweep_id"] for r in parents if "sweep_id" in r.data.tags}, reverse=True)
+    if any(i == sweep for i in ids):
+        return  # the sweep exists; its runs did not finish or do not match the other filters
+    shown = ", ".join(ids[:20]) + (f" (+{len(ids) - 20} older)" if len(ids) > 20 else "") if ids else "none"
+    raise UserError(f"sweep={sweep}: no such sweep in the experiments selected; known sweep ids: {shown}.")
+
+
 def build_table(runs: list[Run], metric: str) -> Table:
-    cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
-    used = 0
+    by_cell: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in runs:
         value = run.data.metrics.get(metric)
-        if value is None or math.isnan(value):  # sweep parents, runs without a test
+        # Runs without a test; sweep parents, which repeat their best job's metrics.
+        if value is None or math.isnan(value) or run.data.tags.get("sweep_role") == "parent":
             continue
-        used += 1
-        cell = cells[(row_label(run), strategy_label(run))]
-        cell.values.append(value)
-        cell.runs.append(run)
-        cell.ci = run_ci(run, metric) if len(cell.runs) == 1 else None
-        for key in ("trainable_pct", "adapter_bytes"):
-            if key in run.data.metrics:
-                getattr(cell, key).append(run.data.metrics[key])
-    if not cells:
+        by_cell[(row_label(run), strategy_label(run))].append(run)
+    if not by_cell:
         raise UserError(
             f"metric={metric}: none of the {len(runs)} finished runs selected has it; check `metric`, "
             "`experiments`, `tags` and `filter`."
         )
+    cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
+    notes: list[str] = []
+    for (row, col), members in by_cell.items():
+        groups = split_by_settings(members)  # never pool runs of different settings (src/pooling.py)
+        if len(groups) > 1:
+            differ = sorted({k for d, _ in groups for k in d})
+            notes.append(
+                f"{row}, {col}: {len(members)} runs differ in {', '.join(differ)}; not pooled, shown as "
+                f"{len(groups)} columns labelled with their settings."
+            )
+        for differ, group in groups:
+            cell = cells[(row, f"{col} [{describe(differ)}]" if differ else col)]
+            for run in group:
+                cell.values.append(run.data.metrics[metric])
+                cell.runs.append(run)
+                cell.ci = run_ci(run, metric) if len(cell.runs) == 1 else None
+                for key in ("trainable_pct", "adapter_bytes"):
+                    if key in run.data.metrics:
+                        getattr(cell, key).append(run.data.metrics[key])
+    used = sum(len(members) for members in by_cell.values())
     pct: dict[str, list[float]] = defaultdict(list)
     for (_, col), cell in cells.items():
         pct[col] += cell.trainable_pct
     columns = sorted({c for _, c in cells}, key=lambda c: (np.mean(pct[c]) if pct[c] else math.inf, c))
     rows = sorted({r for r, _ in cells})
-    return Table(metric, rows, columns, dict(cells), used)
+    return Table(metric, rows, columns, dict(cells), used, notes)
 
 
 def mean_std(cell: Cell | None, digits: int, pm: str = "±") -> str:
@@ -168,6 +210,7 @@ def markdown(table: Table, digits: int) -> str:
         lines.append("| " + " | ".join([row, *cells]) + " |")
     for name, values in footer(table):
         lines.append("| " + " | ".join([f"*{name}*", *values]) + " |")
+    lines += [f"\nNote: {note}" for note in table.notes]
     return "\n".join(lines) + "\n"
 
 
@@ -251,6 +294,8 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"error: {err}") from None
     print(paths[0].read_text(), flush=True)
     print(f"{table.runs} runs; written: {', '.join(str(p) for p in paths)}", flush=True)
+    for note in table.notes:  # also under the Markdown table; repeated on stderr so a pipe keeps it
+        print(f"note: {note}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

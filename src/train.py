@@ -7,6 +7,11 @@ run dir and logs them to MLflow.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # config errors in a second, before the heavy imports below (src/entry.py)
+    from src.entry import check_config
+
+    check_config("train")
+
 import json
 import logging
 import sys
@@ -29,6 +34,7 @@ from src.checkpoint_io import read_checkpoint
 from src.config import PROJECT_ROOT, instantiate_user, validate_config
 from src.data.base import ClassificationDataModule
 from src.data.protocol_dataset import decoding_metadata
+from src.entry import exit_with_error, log_to_files
 from src.errors import Preempted, UserError, as_user_error
 from src.figures import write_figures
 from src.models.backbone import (
@@ -38,6 +44,7 @@ from src.models.backbone import (
     remember_load_report,
 )
 from src.models.module import ClassificationModule
+from src.quiet import silence_noise
 from src.resume import (
     keep_csv_log,
     read_run_id,
@@ -87,6 +94,7 @@ def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task, color: str
         "color": color,  # how src.predict decodes images for this adapter (gray / rgb)
         "task": task.type,
         "binary_head": task.binary_head,  # how src.predict turns the head's logits into probabilities
+        "dataset": cfg.dataset.name,  # names the adapter's columns in src.predict's CSV
         "class_names": class_names_json(task.class_names),
         **strategy.metadata(),
         # Enough to rebuild the exact model around the adapter later (predict, adapter bank).
@@ -214,25 +222,29 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
         )
         run_logger.log_files([adapter_path, out / "metrics.json", out / "config.yaml", *files])
         run_logger.log_files(split_files, "splits")
+        run_logger.log_datasets(
+            datamodule.datasets, datamodule.name, OmegaConf.to_container(cfg.dataset, resolve=True)
+        )
     print(format_summary(metrics), flush=True)
     return metrics, model
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    silence_noise()
     try:
         metrics = train(cfg)
     except Preempted as err:
-        log.warning("%s", err)
+        log_to_files(log, str(err))
         print(f"preempted: {err}", file=sys.stderr, flush=True)
         raise SystemExit(143) from None  # 128 + SIGTERM, as schedulers expect from a terminated job
     except Exception as err:
         if (user := as_user_error(err)) is None:
             raise
-        log.error("%s", user)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            log_to_files(log, str(user))  # the sweep prints every failure at its end
             raise user from None  # one failed job: the sweep callback records it, the sweep goes on
-        raise SystemExit(f"error: {user}") from None
+        exit_with_error(log, user, keep_run_dir=bool(cfg.get("resume")))  # resume=... reuses a run dir
     return metrics.get("val/auroc")
 
 

@@ -45,6 +45,8 @@ def test_user_mistakes_end_in_one_clear_paragraph(overrides: list[str], message:
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+    assert (result.stderr + result.stdout).count(message) == 1  # printed once, not logged and printed
+    assert not list((tmp_path / "train" / "runs").glob("*"))  # no run dir with only Hydra's files left
 
 
 def test_unknown_group_option_gets_hydras_message(tmp_path: Path) -> None:

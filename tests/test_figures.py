@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import statistics
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,46 @@ def test_unknown_labels_are_left_out_of_the_figures(tmp_path: Path) -> None:
     unknown = torch.cat([target, torch.tensor([[-1, -1]])])
     assert per_class_table(extra_scores, unknown, task) == per_class_table(scores, target, task)
     assert len(write_figures(extra_scores, unknown, task, tmp_path)) == 4
+
+
+def sweep_rows(values: dict[tuple[str, int], list[float]]) -> list[dict]:
+    """Finished sweep jobs: (strategy, rank) -> test AUROC of each seed."""
+    rows = []
+    for (peft, rank), aurocs in values.items():
+        for seed, auroc in enumerate(aurocs):
+            rows.append(
+                {"status": "COMPLETED", "peft": peft, "rank": rank, "seed": seed, "test/auroc": auroc}
+                | {"test/acc": auroc - 0.05, "trainable_params": 3_168 * rank + 386}
+            )
+    return rows
+
+
+def test_sweep_plot_draws_error_bars_only_over_several_seeds() -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from src.tracking.sweep_summary import plot_summary
+
+    one_seed = plot_summary(sweep_rows({("lora", 1): [0.947], ("lora", 4): [0.953], ("lora", 16): [0.950]}))
+    assert not any(isinstance(c, ErrorbarContainer) for ax in one_seed.axes for c in ax.containers)
+    assert "one run per point" in one_seed._suptitle.get_text() and "±" not in one_seed._suptitle.get_text()
+    auroc_vs_rank = one_seed.axes[1]
+    lo, hi = auroc_vs_rank.get_ylim()
+    assert hi - lo >= 0.1 and lo <= 0.947 and hi >= 0.953  # 0.006 of noise is not drawn as a trend
+    assert auroc_vs_rank.get_ylabel() == f"test AUROC (axis from {lo:.2f})"
+    # readable ticks: the ranks run, as integers; labels do not overlap once drawn
+    one_seed.canvas.draw()
+    for ax in one_seed.axes:
+        boxes = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+        assert all(a.x1 <= b.x0 for a, b in itertools.pairwise(boxes)), ax.get_xlabel()
+    ticks = [(t.get_position()[0], t.get_text()) for t in auroc_vs_rank.get_xticklabels() if t.get_text()]
+    assert ticks == [(1, "1"), (4, "4"), (16, "16")]
+
+    seeds = {("lora", 1): [0.90, 0.94], ("lora", 4): [0.95]}
+    two_seeds = plot_summary(sweep_rows(seeds))
+    [bars] = [c for c in two_seeds.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    (segments,) = bars.lines[2]
+    [[(_, y0), (_, y1)]] = segments.get_segments()  # one bar: only rank 1 has two seeds
+    assert y1 - y0 == pytest.approx(2 * statistics.stdev([0.90, 0.94]))
+    assert "mean ± sample std" in two_seeds._suptitle.get_text()
+    plt.close("all")

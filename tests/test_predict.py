@@ -119,9 +119,10 @@ def test_predict_cli_writes_the_csv(two_adapters, tmp_path: Path) -> None:
             sys.executable,
             "-m",
             "src.predict",
-            "adapters={" + ",".join(f"{k}:{v}" for k, v in adapters.items()) + "}",
+            f"adapters=[{adapters['opacity']},{adapters['findings']}]",  # unnamed: columns by task
             f"inputs=[{images}]",
             f"out={out}",
+            "threshold=0.3",
         ],
         capture_output=True,
         text=True,
@@ -130,15 +131,39 @@ def test_predict_cli_writes_the_csv(two_adapters, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 6
-    assert set(rows[0]) == {
+    assert list(rows[0]) == [
         "path",
-        "opacity:normal",
-        "opacity:opacity",
-        "findings:opacity",
-        "findings:cavity",
-        "findings:effusion",
-    }
-    assert abs(float(rows[0]["opacity:normal"]) + float(rows[0]["opacity:opacity"]) - 1) < 1e-5
+        "synthetic:normal",
+        "synthetic:opacity",
+        "synthetic:predicted",
+        "synthetic_multilabel:opacity",
+        "synthetic_multilabel:cavity",
+        "synthetic_multilabel:effusion",
+        "synthetic_multilabel:predicted",
+    ]
+    for row in rows:
+        assert abs(float(row["synthetic:normal"]) + float(row["synthetic:opacity"]) - 1) < 1e-5
+        # the decisions, re-derived from the probabilities in the same row at threshold 0.3
+        assert row["synthetic:predicted"] == (
+            "opacity" if float(row["synthetic:opacity"]) >= 0.3 else "normal"
+        )
+        present = [
+            c for c in ("opacity", "cavity", "effusion") if float(row[f"synthetic_multilabel:{c}"]) >= 0.3
+        ]
+        assert row["synthetic_multilabel:predicted"].split(";") == (present or [""])
+
+
+def test_two_adapters_of_one_task_get_distinct_columns(two_adapters) -> None:
+    from src.predict import adapter_names
+    from src.prediction_columns import adapter_tasks, header, predicted
+
+    adapters, _ = two_adapters
+    tasks = adapter_tasks(adapter_names([adapters["opacity"], adapters["opacity"]]), user_named=False)
+    assert [t.prefix for t in tasks.values()] == ["synthetic(lora r4)", "synthetic(lora r4)#2"]
+    assert len(set(header(tasks))) == len(header(tasks))
+    multiclass = next(iter(tasks.values())).__class__("cells", "multiclass", ("a", "b", "c"))
+    probs = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+    assert predicted(probs, multiclass, threshold=0.9) == ["b", "a"]  # arg-max, whatever the threshold
 
 
 def test_predict_refuses_foreign_code_and_missing_inputs(two_adapters, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import statistics
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,21 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     log_run(client, exp, "lora", None)  # a failed run: not in the table
     log_run(client, exp, "lora", None, sweep_role="parent")  # a sweep's parent: no metric
     log_run(client, exp, "lora", 0.10, sweep_id="other")
+    # A sweep's parent repeats its best job's metric: never a run of the table.
+    log_run(client, exp, "lora", 0.99, sweep_role="parent", sweep_id="a")
+    # Same cell (synthetic, lora r4), different training length: must not be pooled. Seeds and
+    # machine-specific values (run dir) differ between every run and must not split a cell.
+    for i, (epochs, value) in enumerate([("10", 0.90), ("10", 0.94), ("2", 0.50)]):
+        log_run(client, exp, "lora", value, sweep_id="mixed")
+        run_id = client.search_runs([exp], order_by=["attributes.start_time DESC"], max_results=1)[
+            0
+        ].info.run_id
+        for key, v in (("trainer.max_epochs", epochs), ("seed", str(i)), ("paths.output_dir", f"/tmp/r{i}")):
+            client.log_param(run_id, key, v)
+        if i == 1:  # a run logged by a later version, with a console callback the others lack
+            client.log_param(run_id, "callbacks.progress._target_", "src.callbacks.progress.ProgressLog")
+    other = client.create_experiment("second", artifact_location=str(tmp_path / "art2"))
+    log_run(client, other, "linear", 0.60, dataset="second")
     return tmp_path
 
 
@@ -74,3 +90,33 @@ def test_filters_select_runs_and_unknown_experiment_is_named(store: Path) -> Non
     assert report(compose_report(store, "experiments=[synthetic]", "sweep=a", rank_filter))[0].columns == [
         "lora r4"
     ]
+
+
+def test_runs_of_different_settings_are_never_pooled(store: Path, capsys: pytest.CaptureFixture) -> None:
+    table, paths = report(compose_report(store, "sweep=mixed"))
+    assert table.columns == ["lora r4 [trainer.max_epochs=10]", "lora r4 [trainer.max_epochs=2]"]
+    long = table.cells[("synthetic", "lora r4 [trainer.max_epochs=10]")]
+    assert sorted(long.values) == pytest.approx([0.90, 0.94]) and long.mean == pytest.approx(
+        statistics.mean([0.9, 0.94])
+    )
+    assert long.std == pytest.approx(statistics.stdev([0.90, 0.94]))
+    assert table.cells[("synthetic", "lora r4 [trainer.max_epochs=2]")].values == [0.50]
+    assert len(table.notes) == 1 and "differ in trainer.max_epochs" in table.notes[0]
+    assert "Note: synthetic, lora r4: 3 runs differ in trainer.max_epochs" in paths[0].read_text()
+
+
+def test_no_arguments_reads_every_experiment_of_the_store_named_by_the_environment(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
+    cfg = compose_train([f"paths.log_dir={tmp_path}", f"out_dir={tmp_path}/report"], config_name="report")
+    table, _ = report(cfg)
+    assert set(table.rows) == {"synthetic", "synthetic @ 10% labels", "second"}
+    assert table.cells[("second", "linear")].values == [0.60]
+    # the parent's 0.99 is nowhere
+    assert all(0.99 not in cell.values for cell in table.cells.values())
+
+
+def test_unknown_sweep_lists_the_known_ones(store: Path) -> None:
+    with pytest.raises(UserError, match=r"sweep=nope: no such sweep.*known sweep ids: a\.$"):
+        report(compose_report(store, "sweep=nope"))

@@ -234,7 +234,7 @@ def test_training_round_trip(make_cfg, tmp_path: Path) -> None:
     selected = {key: n for key, n in metrics.items() if key.startswith("sparse/selected/")}
     # tiny: 4 blocks x (q, k, v, proj, fc1, fc2); budget=rank: LoRA r=4 on qkv = 4 x 4 x (192 + 576)
     assert len(selected) == 24 and sum(selected.values()) == metrics["sparse/selected_total"] == k == 12_288
-    assert (Path(cfg.paths.output_dir) / "sparse_budget.png").stat().st_size > 0
+    assert (Path(cfg.paths.output_dir) / "figures" / "sparse_budget.png").stat().st_size > 0
     images = torch.randn(3, 3, 64, 64)
     expected = trained.eval()(images)
 

@@ -64,7 +64,7 @@ def test_parallel_optuna_sweep_on_sqlite_loses_no_run(tmp_path: Path) -> None:
         assert child.data.tags["sweep_id"] == parent.data.tags["sweep_id"]
         assert row["rank"] == child.data.tags["rank"] == child.data.params["peft.rank"]
         assert float(row["test/auroc"]) == pytest.approx(child.data.metrics["test/auroc"], abs=1e-4)
-    assert (sweep / "sweep_summary.png").read_bytes().startswith(b"\x89PNG")
+    assert (sweep / "figures" / "sweep_summary.png").read_bytes().startswith(b"\x89PNG")
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(max(c.data.metrics["val/auroc"] for c in children))
     assert (

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,35 @@ def test_sweep_over_http(server: str, tmp_path: Path) -> None:
         tracking_uri=server,
     )
     assert json.loads(Path(fetched).read_text()) == on_disk
+
+    # What MLflow 3's UI reads, over its REST API as the browser does.
+    experiment = rest(server, "experiments/get-by-name", experiment_name="synthetic")["experiment"]
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
+    parent_rest = rest(server, "runs/get", run_id=parent.info.run_id)["run"]
+    parent_metrics = {m["key"]: m["value"] for m in parent_rest["data"]["metrics"]}
+    assert parent_metrics["sweep/jobs"] == 2 and parent_metrics["sweep/failed_jobs"] == 1
+    # the best (here: the only finished) job's metrics under their own names, and which job it was
+    assert parent_metrics["val/auroc"] == pytest.approx(on_disk["val/auroc"])
+    assert parent_metrics["test/auroc"] == pytest.approx(on_disk["test/auroc"])
+    parent_tags = {t["key"]: t["value"] for t in parent_rest["data"]["tags"]}
+    assert parent_tags["best_run_id"] == ok.info.run_id and parent_tags["best_job"] == "0"
+    ok_rest = rest(server, "runs/get", run_id=ok.info.run_id)["run"]
+    assert ok_rest["info"]["run_name"] == "lora_r4_s42_job0"  # a single run's name carries its start time
+    assert failed.info.run_name == "lora_r4_s42_job1"
+    inputs = {
+        next(t["value"] for t in i["tags"] if t["key"] == "mlflow.data.context"): i["dataset"]
+        for i in ok_rest["inputs"]["dataset_inputs"]
+    }
+    sizes = {split: json.loads(d["profile"])["num_rows"] for split, d in inputs.items()}
+    assert sizes == {"train": 64, "val": 32, "test": 32}  # TINY_DATA
+    assert {d["name"] for d in inputs.values()} == {"synthetic"}
+
+
+def rest(server: str, endpoint: str, **query: str) -> dict:
+    """GET one MLflow REST endpoint (``/api/2.0/mlflow/<endpoint>``)."""
+    url = f"{server}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
 
 
 def test_fallback_csv_logs_to_csv_when_the_server_is_down(make_cfg) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import lightning as L
@@ -138,6 +139,22 @@ def test_mlflow_run_gets_params_metrics_and_artifacts(make_cfg, tmp_path: Path) 
     for key in ("test/auroc_ci_low", "test/auroc_ci_high", "test/op_sensitivity", "test/ece"):
         assert run.data.metrics[key] == pytest.approx(metrics[key])
     assert run.info.status == "FINISHED"
+    # For MLflow 3's UI: the training view, a distinct name, hyper-parameters without machine paths, the data
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert re.fullmatch(r"lora_r4_s42_\d{4}-\d{6}", run.info.run_name)
+    assert not [k for k in run.data.params if k.startswith("paths.") or k.endswith("dirpath")]
+    assert run.data.tags["local.paths.output_dir"] == cfg.paths.output_dir
+    assert run.data.tags["backbone"] == "pocket tiny, 64 px, 4 blocks, 8 px patches (vit_tiny_patch16_224)"
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert {split: json.loads(d.profile)["num_rows"] for split, d in inputs.items()} == {
+        "train": cfg.dataset.sizes.train,
+        "val": cfg.dataset.sizes.val,
+        "test": cfg.dataset.sizes.test,
+    }
+    assert {d.name for d in inputs.values()} == {"synthetic"} and len(
+        {d.digest for d in inputs.values()}
+    ) == 3
 
 
 def test_csv_logger(make_cfg) -> None:

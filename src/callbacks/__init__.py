@@ -1,1 +1,2 @@
-"""Lightning callbacks configured in conf/callbacks/: resumable last.ckpt and the non-finite loss guard."""
+"""Lightning callbacks configured in conf/callbacks/: resumable last.ckpt, the non-finite loss guard, and the
+console (progress bar or per-epoch log lines, model summary)."""

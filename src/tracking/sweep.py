@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -27,13 +28,14 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from mlflow import MlflowClient
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, RunStatus, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError
 from src.summary import write_json
 from src.tracking.git import git_tags
+from src.tracking.review import mark_model_development
 from src.tracking.server import check_tracking, is_mlflow_logger, is_remote
 from src.tracking.sweep_context import (
     SweepContext,
@@ -41,7 +43,7 @@ from src.tracking.sweep_context import (
     read_sweep,
     write_sweep,
 )
-from src.tracking.sweep_summary import write_summary
+from src.tracking.sweep_summary import parent_summary, write_summary
 
 log = logging.getLogger(__name__)
 MAX_TAG_CHARS = 5000  # MLflow keeps 8,000 characters of a tag value
@@ -68,8 +70,11 @@ def job_fields(config: DictConfig) -> dict[str, Any]:
 def experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None and found.lifecycle_stage != "deleted":
-        return found.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+        exp_id = found.experiment_id
+    else:
+        exp_id = client.create_experiment(name, artifact_location=artifact_location)
+    mark_model_development(client, exp_id)
+    return exp_id
 
 
 def multi_node_launcher(config: DictConfig) -> str | None:
@@ -148,6 +153,7 @@ class SweepCallback(Callback):
             for path in files:
                 client.log_artifact(context.parent_run_id, str(path))
             client.set_tag(context.parent_run_id, "sweep_failed_jobs", str(len(failed)))
+            log_parent_summary(client, context.parent_run_id, records)
             status = "FAILED" if failed else "FINISHED"
             client.set_terminated(context.parent_run_id, status)
         print(f"sweep summary: {files[0].with_suffix('.md')}", flush=True)
@@ -188,6 +194,17 @@ class SweepCallback(Callback):
         # what Optuna's sweeper reads as a failed trial.
         job_return.status = JobStatus.COMPLETED
         job_return.return_value = math.nan
+
+
+def log_parent_summary(client: MlflowClient, run_id: str, records: list[dict[str, Any]]) -> None:
+    """The number of jobs and the best job's metrics on the parent run (see ``parent_summary``)."""
+    metrics, tags = parent_summary(records)
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+        tags=[RunTag(k, v[:MAX_TAG_CHARS]) for k, v in tags.items()],
+    )
 
 
 def mark_failed(context: SweepContext, num: int, record: dict[str, Any]) -> None:

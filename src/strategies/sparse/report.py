@@ -66,6 +66,7 @@ def heatmap(counts: dict[tuple[str, str], int], path: Path, title: str) -> Path:
     fig.colorbar(image, ax=ax, label="selected weights")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -154,7 +154,7 @@ class Sparse(Strategy):
         counts = matrix_counts(sparse_layers(model))
         total = sum(counts.values())
         title = f"peft=sparse: {total:,} selected weights ({self.selection}, budget {self.budget})"
-        path = heatmap(counts, out / "sparse_budget.png", title)
+        path = heatmap(counts, out / "figures" / "sparse_budget.png", title)  # beside the test figures
         return {"sparse/selected_total": total, **metrics_entries(counts)}, [path]
 
 
