@@ -23,7 +23,6 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf
 
-from src.checkpoint_io import remove_partial_writes
 from src.config import PROJECT_ROOT
 from src.errors import UserError
 from src.tracking.mlflow_logger import MLflowLogger
@@ -122,9 +121,7 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
     if value is None or value is False or str(value).lower() in OFF:
         return None
     run_dir = Path(cfg.paths.output_dir) if value is True else Path(str(value))
-    ckpt = check_resumable(run_dir)
-    remove_partial_writes(ckpt.parent)
-    return ckpt
+    return check_resumable(run_dir)
 
 
 def read_run_id(run_dir: Path) -> str | None:

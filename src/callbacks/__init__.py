@@ -1,1 +1,1 @@
-"""Lightning callbacks configured in conf/callbacks/: resumable last.ckpt and the non-finite loss guard."""
+"""Lightning callbacks configured in conf/callbacks/: RNG states for resume, SIGTERM, the non-finite guard."""

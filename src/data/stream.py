@@ -58,4 +58,4 @@ class SyntheticStreamDataModule(SyntheticDataModule):
         )
 
     def train_dataloader(self):
-        return self._loader("train", shuffle=False)
+        return self._loader("train")
