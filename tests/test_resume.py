@@ -25,7 +25,6 @@ RUN = [
     "dataset.batch_size=16",
     "trainer.max_epochs=2",
 ]
-EPOCH_ENDS = "callbacks.last_checkpoint.every_n_train_steps=0"  # last.ckpt at epoch ends (and SIGTERM) only
 
 
 def kill_at(step: int, marker: Path, sig: str = "SIGKILL") -> list[str]:
@@ -47,14 +46,18 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
     return {**scores(metrics), "best": Path(metrics["best_checkpoint"]).name}
 
 
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Path, uninterrupted) -> None:
-    # Killed in epoch 1's second batch; last.ckpt is from the end of epoch 0 (step 3), after its validation.
-    command = [*RUN, EPOCH_ENDS, "logger=csv", f"paths.log_dir={tmp_path}", *kill_at(5, tmp_path / "killed")]
+def test_sigkill_mid_epoch_with_workers_then_resume_equals_an_uninterrupted_run(
+    tmp_path: Path, uninterrupted
+) -> None:
+    # Two loader worker processes (the reference ran with none: augmentation is a function of the sample,
+    # not of the worker). Killed in epoch 1's third batch; last.ckpt is from step 4, mid-epoch.
+    command = [*RUN, "dataset.num_workers=2", "callbacks.last_checkpoint.every_n_train_steps=2"]
+    command += ["logger=csv", f"paths.log_dir={tmp_path}", *kill_at(5, tmp_path / "killed")]
     killed = run_cli(*command)
     assert killed.returncode == -9, killed.stderr[-2000:]
     (run_dir,) = (tmp_path / "train" / "runs").iterdir()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "metrics.json").exists()
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
 
     resumed = run_cli(*command, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -68,7 +71,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Pat
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("best_*")) == [uninterrupted["best"]]
 
     # Lightning's CSVLogger would delete the killed run's log: it is kept beside the continuation's.
-    before = (run_dir / "csv" / "metrics.until_step3.csv").read_text()
+    before = (run_dir / "csv" / "metrics.until_step4.csv").read_text()
     after = (run_dir / "csv" / "metrics.csv").read_text()
     assert before.splitlines()[1].startswith("0,2,") and "test/auroc" in after.splitlines()[0]
     assert not list(run_dir.rglob(".*.tmp"))
