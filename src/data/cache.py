@@ -180,9 +180,9 @@ def build_or_load(
                 desc = f"caching {dataset}/{split} at {size}px {color}"
                 _build(paths, size, final, num_workers, skip_bad, desc, color)
                 built = True
-                _remove_stale(folder, prefix, name)
             fcntl.flock(fd, fcntl.LOCK_SH)
         _IN_USE[lock] = fd
+        _remove_stale(folder, prefix, name)
     meta = json.loads((final / "meta.json").read_text())
     bad = [(int(i), str(msg)) for i, msg in meta["bad"]]
     if bad and not skip_bad:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from src.atomic import atomic_write
 from src.data.base import SPLITS, ClassificationDataModule
-from src.data.cache import CachedImageDataset, build_or_load, decode_all
+from src.data.cache import CachedImageDataset, CacheEntry, build_or_load, decode_all
 from src.data.image_files import COLORS, ImageFileDataset
 from src.data.splits import check_label_fraction, label_fraction_indices, split_by_fractions
 from src.errors import UserError
@@ -225,28 +225,40 @@ class FileDataModule(ClassificationDataModule):
         """Pixels per side an image of ``split`` is decoded to (the margin is for the training crop)."""
         return math.ceil(self.image_size * (1 + self.crop_margin)) if split == "train" else self.image_size
 
+    def cache_entry(self, split: str) -> CacheEntry:
+        """The split's cache entry, built once across processes and jobs (see :mod:`src.data.cache`)."""
+        root = Path(self.root).expanduser().resolve()
+        cache_dir = Path(self.cache_dir).expanduser().resolve()
+        if cache_dir.is_relative_to(root):
+            raise UserError(
+                f"dataset.cache_dir={cache_dir} lies inside dataset.root={root}, whose files are never "
+                "written. Point dataset.cache_dir elsewhere (default ${paths.data_dir}/cache)."
+            )
+        return build_or_load(
+            self.splits[split].paths,
+            self.load_size(split),
+            cache_dir,
+            self.name,
+            split,
+            self.num_workers,
+            self.on_bad_image == "skip",
+            self.color,
+        )
+
+    def prepare_data(self) -> None:
+        """Lightning calls this on one process per node before any sets up: the cache is decoded there,
+        while the other DDP ranks wait, then map it."""
+        if self.cache:
+            self.check()
+            for split in SPLITS:
+                self.cache_entry(split)
+
     def build_split(self, split: str) -> ImageFileDataset:
         self.check()
         part, size = self.splits[split], self.load_size(split)
         entry, keep = None, range(len(part))
         if self.cache:
-            root = Path(self.root).expanduser().resolve()
-            cache_dir = Path(self.cache_dir).expanduser().resolve()
-            if cache_dir.is_relative_to(root):
-                raise UserError(
-                    f"dataset.cache_dir={cache_dir} lies inside dataset.root={root}, whose files are never "
-                    "written. Point dataset.cache_dir elsewhere (default ${paths.data_dir}/cache)."
-                )
-            entry = build_or_load(
-                part.paths,
-                size,
-                cache_dir,
-                self.name,
-                split,
-                self.num_workers,
-                self.on_bad_image == "skip",
-                self.color,
-            )
+            entry = self.cache_entry(split)
             bad = entry.bad
         elif self.on_bad_image == "skip":
             desc = f"checking {self.name}/{split}"
