@@ -3,8 +3,10 @@
 The number of steps is only known once Lightning has built the training loader for this process (world
 size, batch size, accumulation, limits), so the factor is a callable object whose length is set at
 ``on_train_start``. ``LambdaLR`` saves such an object's attributes with the scheduler, so a resumed run gets
-its length back; resuming with another ``trainer.max_epochs`` (extending a run) continues the cosine from
-where it stands down to ``min_lr`` at the new end, and says so (log line and ``train/schedule_steps``).
+its length back. Resuming with another ``trainer.max_epochs`` (extending a run) stretches the cosine to
+the new end: from the resumed step on, the lr is the one a run of the new length has there (a finished run,
+which ended at ``min_lr``, goes back up to that point of the longer curve and decays again). The warm-up
+keeps its length. The change is logged (a warning with both lrs, and ``train/schedule_steps``).
 """
 
 from __future__ import annotations
@@ -37,10 +39,6 @@ class WarmupCosine:
     def __call__(self, step: int) -> float:
         if self.total is None:  # before on_train_start: no optimizer step is taken yet
             return 0.0
-        if self.restart is not None and step >= self.restart[0]:
-            start, value = self.restart
-            progress = min((step - start) / max(self.total - start, 1), 1.0)
-            return self.floor + (value - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
         if step < self.warmup:
             return (step + 1) / (self.warmup + 1)
         progress = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
@@ -62,16 +60,17 @@ class WarmupCosine:
                 f"resume: the run is at step {step}, but this config ends it after {total} steps; "
                 "raise trainer.max_epochs (or trainer.max_steps) above what it has trained, or start a new run."
             )
-        if step >= self.warmup:  # inside warm-up the ramp continues, then the cosine runs to the new end
-            self.restart = (step, self(step))
+        old_total, before = self.total, self(step)
+        self.total = total
         log.warning(
-            "resume with a new length: the lr schedule had %d steps, now %d; from step %d the cosine continues "
-            "from the current lr down to min_lr at the new end",
-            self.total,
+            "resume with a new length: the lr schedule had %d steps, now %d; at step %d the lr factor goes from "
+            "%.4g to %.4g (the cosine stretched to the new end)",
+            old_total,
             total,
             step,
+            before,
+            self(step),
         )
-        self.total = total
         return True
 
 

@@ -40,6 +40,7 @@ from src.resume import (
     reopen_run,
     resume_argv,
     resume_checkpoint,
+    set_aside_results,
     write_run_id,
 )
 from src.strategies import Strategy, count_parameters
@@ -153,6 +154,7 @@ def prepare(run: Run) -> None:
     run.out.mkdir(parents=True, exist_ok=True)
     if run.resume is not None:
         remove_partial_writes(run.resume.parent)
+        set_aside_results(run.out, run.resume_step)
     (run.out / "config.yaml").write_text(OmegaConf.to_yaml(run.cfg, resolve=True))
     logger = run.trainer.logger
     if run.resume is not None and run.mlflow is not None:

@@ -4,6 +4,7 @@ plus resume=true ends with exactly the metrics of an uninterrupted run, in the s
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -152,3 +153,29 @@ def test_nothing_to_resume_is_one_clear_line(setup: str, message: str, tmp_path:
     with pytest.raises(SystemExit) as exit_info:
         cli()
     assert str(exit_info.value.code).startswith("error: ") and "\n" not in str(exit_info.value.code)
+
+
+def test_extending_a_finished_run_stretches_the_lr_cosine_to_the_new_end(tmp_path: Path) -> None:
+    one = [*RUN, "trainer.max_epochs=1", "logger=csv", "optim.warmup_fraction=0", "optim.min_lr=0"]
+    one.append("trainer.log_every_n_steps=1")
+    first = train(compose_train(one, tmp_path))
+    run_dir = Path(first["run_dir"])
+    again = ["trainer.max_epochs=2", f"resume={run_dir}"]
+    with pytest.raises(UserError, match="already finished.*To train it longer"):  # same length: nothing to do
+        resume_argv([f"resume={run_dir}"])
+    assert resume_argv([f"resume={run_dir}", "trainer.max_epochs=2"])[-1] == f"hydra.run.dir={run_dir}"
+
+    cfg = compose_train([*one, *again], tmp_path)
+    metrics = train(cfg)
+    assert json.loads((run_dir / "metrics.until_step3.json").read_text())["run_dir"] == str(run_dir)
+    assert metrics["trainable_params"] == first["trainable_params"]
+    rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    lrs = {
+        int(r[header.index("step")]): float(r[header.index("train/lr")])
+        for r in (row.split(",") for row in rows[1:])
+        if r[header.index("train/lr")]
+    }
+    base = cfg.optim.lr
+    # Steps 3..5 of a 6-step cosine (no warm-up, min_lr 0), not a restart from the base lr at step 3.
+    assert lrs == pytest.approx({s: base * 0.5 * (1 + math.cos(math.pi * s / 6)) for s in range(3, 6)})
