@@ -19,6 +19,7 @@ from torch import nn
 
 from src.atomic import atomic_write
 from src.errors import UserError
+from src.lean_checkpoint import restore_frozen
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -44,7 +45,8 @@ def read_checkpoint(path: str | Path, module: nn.Module | None = None) -> dict[s
     """Load a Lightning checkpoint with ``weights_only=True``; with ``module``, check that it fits it.
 
     Refuses pickles that would run code, truncated files and checkpoints of another model with a
-    :class:`UserError` instead of a traceback from inside Lightning.
+    :class:`UserError` instead of a traceback from inside Lightning. A lean checkpoint
+    (:mod:`src.lean_checkpoint`) is completed from ``module``'s frozen weights once their checksum matches.
     """
     path = Path(path)
     try:
@@ -60,6 +62,7 @@ def read_checkpoint(path: str | Path, module: nn.Module | None = None) -> dict[s
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} holds no Lightning state_dict; it is not a training checkpoint.")
     if module is not None:
+        restore_frozen(module, ckpt, f"checkpoint {path}", getattr(module, "backbone_config", None))
         own = module.state_dict()
         wrong = sorted(
             {k for k in own if k not in state}

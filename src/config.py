@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError
 
+from src.data.medpeft_lists import check_medpeft_splits
 from src.errors import UserError
 from src.models.timm_names import timm_name, timm_norm
 from src.recipes import linear_scaled_lr, when_null
@@ -80,6 +81,7 @@ def validate_config(cfg: DictConfig) -> None:
     size = cfg.backbone.get("img_size")
     if size is not None and (not isinstance(size, int) or size <= 0):
         raise UserError(f"backbone.img_size={size!r} must be a positive integer number of pixels.")
+    check_medpeft_splits(cfg)
 
 
 def instantiate_user(node: DictConfig) -> Any:

@@ -2,7 +2,10 @@
 
 Rebuilds the dataset and model from the run's resolved ``config.yaml``, loads its best (or last, or a given)
 checkpoint, runs the test split and prints each test metric beside the value in the run's ``metrics.json``.
-Exits non-zero when any differs by more than ``tolerance``. Writes ``eval.json`` into the run dir.
+Checkpoints hold no frozen weights: those come from the rebuilt backbone, whose checksum must match the run's
+(:mod:`src.lean_checkpoint`).
+Exits non-zero when any differs by more than ``tolerance``. Writes ``eval.json`` and the checkpoint's test
+predictions, ``eval_predictions_test.csv`` (compare them with ``python -m src.compare``), into the run dir.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from src.checkpoint_io import read_checkpoint
 from src.config import PROJECT_ROOT, instantiate_user
 from src.errors import UserError
 from src.models.module import ClassificationModule
+from src.stats.predictions import write_predictions
+from src.stats.run import split_predictions
 from src.summary import write_json
 from src.tasks import Task
-from src.train import build_model
+from src.train import backbone_config, build_model
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,8 @@ def find_checkpoint(run_dir: Path, which: str, logged: dict[str, Any]) -> Path:
 
 
 def evaluate(run_dir: str | Path, checkpoint: str = "best") -> tuple[dict[str, float], dict[str, Any]]:
-    """(test metrics now, metrics.json as logged) for a finished run dir."""
+    """(test metrics now, metrics.json as logged) for a finished run dir; writes the test predictions of
+    the checkpoint tested to ``eval_predictions_test.csv`` there (the format of ``predictions_test.csv``)."""
     run_dir = Path(run_dir)
     config, metrics_file = run_dir / "config.yaml", run_dir / "metrics.json"
     if not config.is_file() or not metrics_file.is_file():
@@ -54,9 +60,16 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best") -> tuple[dict[str, f
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate_user(cfg.dataset)
     datamodule.check()
-    task = Task(datamodule.task_type, datamodule.class_names, cfg.loss.label_smoothing)
+    task = Task(
+        datamodule.task_type,
+        datamodule.class_names,
+        cfg.loss.label_smoothing,
+        OmegaConf.select(cfg, "task.binary_head", default="softmax"),
+    )
     model, _ = build_model(cfg, task)
-    module = ClassificationModule(model, task, OmegaConf.to_container(cfg.optim, resolve=True))
+    module = ClassificationModule(
+        model, task, OmegaConf.to_container(cfg.optim, resolve=True), backbone_config(cfg)
+    )
     read_checkpoint(ckpt, module)  # a clear error for a foreign, damaged or unsafe file, before Lightning
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
@@ -70,6 +83,9 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best") -> tuple[dict[str, f
     now = trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt), verbose=False, weights_only=True)[
         0
     ]
+    split = split_predictions(datamodule, "test", module.test_predictions, task)
+    if split is not None:
+        write_predictions(split, run_dir / "eval_predictions_test.csv")
     return {k: float(v) for k, v in now.items()}, logged
 
 

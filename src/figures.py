@@ -1,5 +1,6 @@
-"""A run's test-set figures, logged as MLflow artifacts: ROC curves per class, the confusion matrix and,
-for multilabel tasks, a per-class table (AUROC, prevalence, sensitivity / specificity at 0.5).
+"""A run's test-set figures, logged as MLflow artifacts: ROC curves per class (with a 95 % bootstrap band),
+the confusion matrix, a reliability diagram and, for multilabel tasks, a per-class table (AUROC, prevalence,
+sensitivity / specificity at 0.5).
 
 Binary tasks have one curve, for the positive class (the other is its mirror image); multiclass curves are
 one-vs-rest; multilabel curves are per label. The decision rule of the confusion matrix is the one the
@@ -21,9 +22,13 @@ from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 from src.atomic import atomic_write
+from src.stats.bootstrap import roc_band
+from src.stats.calibration import reliability_bins
 from src.tasks import Task
 
 THRESHOLD = 0.5
+# Resamples behind the ROC band (a drawing: fewer than the CIs' stats.n_boot, same seeded scheme).
+BAND_RESAMPLES = 500
 
 
 def label_column(scores: Tensor, target: Tensor, c: int) -> tuple[Tensor, Tensor]:
@@ -56,12 +61,43 @@ def roc_figure(curves: list[tuple[str, Tensor, Tensor]]) -> plt.Figure:
             ax.plot([], [], label=f"{name} (one class only in test)")
             continue
         fpr, tpr, _ = binary_roc(score.float(), target)
-        ax.plot(fpr.numpy(), tpr.numpy(), label=f"{name} (AUROC {auc:.3f})")
+        line = ax.plot(fpr.numpy(), tpr.numpy(), label=f"{name} (AUROC {auc:.3f})")[0]
+        grid, lo, hi = roc_band(score.double().numpy(), target.numpy(), n_boot=BAND_RESAMPLES)
+        ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0, step="post")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set(
-        xlabel="false positive rate", ylabel="true positive rate", title="test ROC", xlim=(0, 1), ylim=(0, 1)
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title="test ROC (bands: 95 % bootstrap)",
+        xlim=(0, 1),
+        ylim=(0, 1),
     )
     ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def reliability_figure(curves: list[tuple[str, Tensor, Tensor]]) -> plt.Figure:
+    """Observed frequency against mean predicted probability per bin, one line per curve (binary: the
+    positive class; multiclass: one-vs-rest; multilabel: per label); marker area ~ cases in the bin."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    for name, score, target in curves:
+        if target.numel() == 0:
+            continue
+        conf, freq, count = reliability_bins(score.double().numpy(), target.double().numpy())
+        filled = count > 0
+        line = ax.plot(conf[filled], freq[filled], marker="o", markersize=3, label=name)[0]
+        ax.scatter(
+            conf[filled], freq[filled], s=200 * count[filled] / count.sum(), color=line.get_color(), alpha=0.3
+        )
+    ax.set(
+        xlabel="mean predicted probability",
+        ylabel="observed frequency",
+        title="test reliability",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    ax.legend(fontsize=8, loc="upper left")
     return fig
 
 
@@ -123,6 +159,7 @@ def write_figures(scores: Tensor, target: Tensor, task: Task, out: Path) -> list
     for name, fig in (
         ("roc_curves.png", roc_figure(one_vs_rest(scores, target, task))),
         ("confusion_matrix.png", confusion_figure(scores, target, task)),
+        ("reliability.png", reliability_figure(one_vs_rest(scores, target, task))),
     ):
         with atomic_write(out / name) as tmp:
             fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")

@@ -128,6 +128,7 @@ def melo_to_adapter(melo_file: str | Path, preset: dict, out: str | Path) -> Pat
         "backbone": backbone["name"],
         "img_size": str(backbone["img_size"]),
         "color": preset.get("color", "gray"),
+        "resize": preset.get("resize", "pil"),  # MeLo's 224 px loaders: torchvision on float tensors
         "task": preset["task"],
         "class_names": class_names_json(classes),
         "strategy": "lora",

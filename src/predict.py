@@ -5,6 +5,8 @@ The model is rebuilt from the first adapter's recorded backbone and strategy con
 into one :class:`~src.bank.AdapterBank`, so switching tasks costs no reload. Images are decoded once and
 every adapter runs over them in batches, in the colour mode (gray / rgb) its run was trained in. The CSV has one row per image and one column per
 ``<adapter>:<class>`` probability (softmax for binary / multiclass, sigmoid for multilabel).
+Unreadable files never cost the others: see :mod:`src.predict_inputs` (``<out>.errors.csv``, exit status 1,
+``on_bad_image``, ``dicom_frames``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import csv
 import json
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import hydra
@@ -26,31 +28,16 @@ from src.atomic import atomic_write
 from src.bank import AdapterBank
 from src.config import PROJECT_ROOT
 from src.data.base import Normalize
-from src.data.image_files import DICOM_SUFFIXES, read_image
+from src.data.protocol_dataset import predict_inputs
+from src.data.transforms import Decode
 from src.errors import UserError
 from src.melo import melo_to_adapter
 from src.merge import merge_adapters, unmerge_adapters
 from src.models.backbone import create_backbone
+from src.predict_inputs import DecodedInputs, check_options, collect_inputs, decode_inputs, write_errors
 from src.tasks import Task
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)
-
-
-def collect_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files as given, folders searched recursively for images and DICOMs; sorted, no duplicates."""
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise UserError(f"inputs: {path} does not exist.")
-    if not found:
-        raise UserError(f"inputs={list(inputs)} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-    return list(dict.fromkeys(found))
 
 
 def adapter_names(adapters: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
@@ -97,6 +84,7 @@ def build_bank(
         pretrained=backbone.get("pretrained", False),
         checkpoint=checkpoint,
         model_kwargs=backbone.get("kwargs") or {},
+        allow_missing=backbone.get("allow_missing") or [],
     )
     bank = AdapterBank(strategy.apply(model))
     for name, path in named.items():
@@ -111,30 +99,67 @@ def predict(
     batch_size: int = 32,
     merge: bool = False,
     backbone_checkpoint: str | None = None,
+    dicom_frames: str = "error",
+    refused: list[tuple[str, str]] | None = None,
 ) -> tuple[list[Path], dict[str, torch.Tensor], dict[str, list[str]]]:
-    """(files, probabilities per adapter (N x C), class names per adapter)."""
-    bank, backbone = build_bank(adapters, backbone_checkpoint)
+    """(row names: files or ``<file>#<frame>``, probabilities per adapter (N x C), class names per adapter).
+    An unreadable file stops the run, unless ``refused`` is a list: then it is appended there as
+    (file, reason) and the other files are predicted."""
     files = collect_inputs(inputs)
-    # Adapters from before the colour mode was recorded were all trained on grayscale.
-    colors = {name: adapter.metadata.get("color", "gray") for name, adapter in bank.adapters.items()}
-    decoded = {
-        c: torch.stack([read_image(p, backbone["img_size"], c) for p in files]) for c in set(colors.values())
+    bank, backbone = build_bank(adapters, backbone_checkpoint)
+    # Each adapter's decoding (colour mode, resize / DICOM intensity rules), decoded once per kind; adapters
+    # from before these were recorded were all trained on grayscale squares.
+    modes = {
+        name: (a.metadata.get("color", "gray"), Decode.from_metadata(a.metadata))
+        for name, a in bank.adapters.items()
     }
+    inputs_ = decode_inputs(
+        files, backbone["img_size"], modes.values(), dicom_frames, "error" if refused is None else "skip"
+    )
     normalize = Normalize(backbone["mean"], backbone["std"])
     probs, classes = {}, {}
     for name, adapter in bank.adapters.items():
         bank.switch(name)
-        task = Task(adapter.metadata["task"], tuple(adapter.class_names))
+        task = Task(
+            adapter.metadata["task"],
+            tuple(adapter.class_names),
+            binary_head=adapter.metadata.get("binary_head", "softmax"),
+        )
         merged = merge_adapters(bank.model) if merge else 0
-        chunks, pixels = [], decoded[colors[name]]
-        for i in range(0, len(pixels), batch_size):
-            batch = torch.stack([normalize(img) for img in pixels[i : i + batch_size]])
+        chunks, batches = [], adapter_batches(inputs_, modes[name], adapter.metadata, backbone, normalize)
+        for i in range(0, len(inputs_.rows), batch_size):
+            batch = batches(i, i + batch_size)
             logits = bank.model(batch).float()
-            chunks.append(logits.sigmoid() if task.type == "multilabel" else logits.softmax(-1))
+            chunks.append(task.probabilities(logits))
         if merged:
             unmerge_adapters(bank.model)
-        probs[name], classes[name] = torch.cat(chunks), adapter.class_names
-    return files, probs, classes
+        empty = torch.empty(0, len(adapter.class_names))
+        probs[name], classes[name] = torch.cat(chunks) if chunks else empty, adapter.class_names
+    if refused is not None:
+        refused += inputs_.refused
+    return inputs_.rows, probs, classes
+
+
+def adapter_batches(
+    inputs_: DecodedInputs,
+    mode: tuple[str, Decode],
+    metadata: Mapping[str, str],
+    backbone: Mapping[str, object],
+    normalize: Normalize,
+) -> Callable[[int, int], torch.Tensor]:
+    """Rows ``start:stop`` as the adapter saw its test split: the decoded squares normalised, or, for an
+    adapter trained with a paper's protocol (``dataset.protocol``), each readable file through that
+    protocol's evaluation transform."""
+    if metadata.get("protocol", "squash") != "squash":
+        if any("#" in row.name for row in inputs_.rows):
+            raise UserError(
+                f"dicom_frames=all gives one row per frame, but this adapter's dataset.protocol="
+                f"{metadata['protocol']} transforms whole files: use dicom_frames=first or middle."
+            )
+        meta = {"color": mode[0], **mode[1].metadata(), "protocol": metadata["protocol"]}
+        return predict_inputs(inputs_.rows, meta, backbone["img_size"], backbone["mean"], backbone["std"])
+    pixels = inputs_.pixels[mode]
+    return lambda start, stop: torch.stack([normalize(img) for img in pixels[start:stop]])
 
 
 def write_csv(
@@ -162,13 +187,24 @@ def main(cfg: DictConfig) -> None:
                 preset = OmegaConf.to_container(cfg.melo, resolve=True)
                 adapter = melo_to_adapter(preset["file"], preset, Path(tmp) / "adapter.safetensors")
                 adapters = {Path(preset["file"]).stem: str(adapter)}
+            check_options(cfg.on_bad_image, cfg.dicom_frames)
+            refused: list[tuple[str, str]] | None = [] if cfg.on_bad_image == "skip" else None
             files, probs, classes = predict(
-                adapters, list(cfg.inputs), cfg.batch_size, cfg.merge, cfg.backbone_checkpoint
+                adapters,
+                list(cfg.inputs),
+                cfg.batch_size,
+                cfg.merge,
+                cfg.backbone_checkpoint,
+                cfg.dicom_frames,
+                refused,
             )
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
     write_csv(Path(cfg.out), files, probs, classes)
     print(f"{len(files)} images x {len(probs)} adapters -> {cfg.out}", flush=True)
+    errors = write_errors(Path(cfg.out), refused or [])
+    if errors:
+        raise SystemExit(f"error: {len(refused)} file(s) refused, each with its reason in {errors}")
 
 
 if __name__ == "__main__":

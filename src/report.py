@@ -3,8 +3,10 @@
 Reads finished MLflow runs of the chosen experiments (narrowed by tags and an MLflow filter) and lays them
 out as MeLo / MED-PEFT report them: one row per dataset (x label fraction), one column per strategy
 (``lora r4``: rank-bearing strategies carry their rank), each cell the mean ± sample std of ``metric`` over
-the runs that share it (seeds, folds), with two closing rows giving each strategy's trainable share of the
+the runs that share it (seeds, folds) or, for a single run, its value and bootstrap CI, with two closing rows giving each strategy's trainable share of the
 weights and adapter size. Written as Markdown (printed too), CSV (one line per cell, with n) and LaTeX.
+``reference=<column>`` adds paired p-values against that column, ``subgroups=true`` subgroup-gap tables
+(see :mod:`src.report_stats`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ from omegaconf import DictConfig, OmegaConf
 from src.atomic import atomic_write
 from src.config import PROJECT_ROOT
 from src.errors import UserError
+from src.report_stats import (
+    ci_text,
+    comparisons_markdown,
+    gap_metrics,
+    reference_comparisons,
+    run_ci,
+    write_comparisons,
+)
 from src.summary import human_bytes
 from src.tracking.server import check_tracking
 
@@ -34,6 +44,8 @@ class Cell:
     values: list[float] = field(default_factory=list)
     trainable_pct: list[float] = field(default_factory=list)
     adapter_bytes: list[float] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    ci: tuple[float, float] | None = None  # a single run's bootstrap CI of the metric (src.report_stats)
 
     @property
     def mean(self) -> float:
@@ -103,6 +115,8 @@ def build_table(runs: list[Run], metric: str) -> Table:
         used += 1
         cell = cells[(row_label(run), strategy_label(run))]
         cell.values.append(value)
+        cell.runs.append(run)
+        cell.ci = run_ci(run, metric) if len(cell.runs) == 1 else None
         for key in ("trainable_pct", "adapter_bytes"):
             if key in run.data.metrics:
                 getattr(cell, key).append(run.data.metrics[key])
@@ -123,7 +137,7 @@ def mean_std(cell: Cell | None, digits: int, pm: str = "±") -> str:
     if cell is None:
         return "–"
     if len(cell.values) == 1:
-        return f"{cell.mean:.{digits}f}"
+        return ci_text(cell.mean, cell.ci, digits) if cell.ci else f"{cell.mean:.{digits}f}"
     return f"{cell.mean:.{digits}f} {pm} {cell.std:.{digits}f}"
 
 
@@ -204,11 +218,25 @@ def write_csv(table: Table, path: Path) -> None:
 def report(cfg: DictConfig) -> tuple[Table, list[Path]]:
     """Select the runs, build the table and write <out_dir>/<name>.{md,csv,tex}."""
     check_tracking(OmegaConf.create({"logger": {"tracking_uri": cfg.tracking_uri}}))
-    table = build_table(search(MlflowClient(cfg.tracking_uri), cfg), cfg.metric)
+    client = MlflowClient(cfg.tracking_uri)
+    runs = search(client, cfg)
+    table = build_table(runs, cfg.metric)
+    if not cfg.get("ci", True):
+        for cell in table.cells.values():
+            cell.ci = None
     out = Path(cfg.out_dir)
     paths = [out / f"{cfg.name}.{ext}" for ext in ("md", "csv", "tex")]
+    extra = ""  # src.report_stats: reference p-values, subgroup gap tables
+    if cfg.get("reference"):
+        comparisons = reference_comparisons(table.cells, table.rows, table.columns, cfg, client)
+        extra += comparisons_markdown(comparisons, cfg.reference, cfg.digits, cfg.n_boot)
+        paths.append(
+            write_comparisons(comparisons, cfg.reference, out / f"{cfg.name}_vs_{cfg.reference}.csv")
+        )
+    for gap in gap_metrics(runs) if cfg.get("subgroups") else []:
+        extra += "\n" + markdown(build_table(runs, gap), cfg.digits)
     with atomic_write(paths[0]) as tmp:
-        tmp.write_text(markdown(table, cfg.digits))
+        tmp.write_text(markdown(table, cfg.digits) + extra)
     write_csv(table, paths[1])
     with atomic_write(paths[2]) as tmp:
         tmp.write_text(latex(table, cfg.digits))

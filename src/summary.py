@@ -30,7 +30,11 @@ def format_summary(metrics: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = []
     for key in SHOWN:
         value = metrics.get(key)
-        rows.append((key, f"{value:.4f}" if isinstance(value, float) else "n/a"))
+        shown = f"{value:.4f}" if isinstance(value, float) else "n/a"
+        low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+        if isinstance(value, float) and isinstance(low, float) and isinstance(high, float):
+            shown += f"  [{low:.4f}, {high:.4f}] 95 % bootstrap CI"
+        rows.append((key, shown))
     rows.append(
         (
             "trainable params",

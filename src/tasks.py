@@ -1,6 +1,8 @@
 """Task types: what the head outputs, which loss trains it and which metrics judge it.
 
-* ``binary``: two logits and softmax cross-entropy (as MeLo's two-class heads); metrics on P(class 1).
+* ``binary``: two logits and softmax cross-entropy (as MeLo's two-class heads); metrics on P(class 1). With
+  ``binary_head="sigmoid"`` (``task.binary_head``): one logit and BCE-with-logits, as MED-PEFT trains RSNA
+  pneumonia (its loss is BCE for every dataset); P(class 1) is the sigmoid of that logit.
 * ``multiclass``: C logits, cross-entropy, optional label smoothing.
 * ``multilabel``: C independent logits, BCE-with-logits (as MED-PEFT on NIH / CheXpert). A NaN target marks
   a label as unknown (CheXpert's uncertain findings under ``dataset.uncertainty=ignore``): it is left out of
@@ -36,6 +38,7 @@ from src.errors import UserError
 
 TaskType = Literal["binary", "multiclass", "multilabel"]
 TASK_TYPES: tuple[str, ...] = ("binary", "multiclass", "multilabel")
+BINARY_HEADS = ("softmax", "sigmoid")
 # The integer that unknown (NaN) multilabel targets become for the metrics, which skip it.
 IGNORE_INDEX = -1
 
@@ -47,6 +50,7 @@ class Task:
     type: TaskType
     class_names: tuple[str, ...]
     label_smoothing: float = 0.0
+    binary_head: str = "softmax"
 
     def __post_init__(self) -> None:
         if self.type not in TASK_TYPES:
@@ -57,6 +61,20 @@ class Task:
             raise UserError(f"a multiclass task needs at least 2 classes, got {list(self.class_names)}.")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"label_smoothing={self.label_smoothing} must lie in [0, 1).")
+        if self.binary_head not in BINARY_HEADS:
+            raise UserError(
+                f"task.binary_head={self.binary_head!r} must be softmax (2 logits) or sigmoid (1 logit)."
+            )
+        if self.single_logit and self.label_smoothing:
+            raise UserError(
+                f"loss.label_smoothing={self.label_smoothing} applies to softmax cross-entropy; with "
+                "task.binary_head=sigmoid set loss.label_smoothing=0."
+            )
+
+    @property
+    def single_logit(self) -> bool:
+        """A binary task trained as one sigmoid logit (``task.binary_head=sigmoid``)."""
+        return self.type == "binary" and self.binary_head == "sigmoid"
 
     @property
     def num_classes(self) -> int:
@@ -65,7 +83,7 @@ class Task:
     @property
     def num_outputs(self) -> int:
         """Width of the classification head."""
-        return self.num_classes
+        return 1 if self.single_logit else self.num_classes
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.type == "multilabel":
@@ -74,6 +92,8 @@ class Task:
                 logits, target.float().nan_to_num(0.0), weight=known.float(), reduction="sum"
             )
             return total / known.sum().clamp(min=1)
+        if self.single_logit:
+            return F.binary_cross_entropy_with_logits(logits[:, 0], target.float())
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
     def metric_target(self, target: Tensor) -> Tensor:
@@ -85,11 +105,20 @@ class Task:
     def scores(self, logits: Tensor) -> Tensor:
         """Probabilities in the form the metrics expect: P(positive) for binary, else one per class."""
         logits = logits.float()
+        if self.single_logit:
+            return logits[:, 0].sigmoid()
         if self.type == "binary":
             return logits.softmax(dim=-1)[:, 1]
         if self.type == "multiclass":
             return logits.softmax(dim=-1)
         return logits.sigmoid()
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """One probability per class name (N x C), as src.predict writes them."""
+        if self.single_logit:
+            positive = logits.float()[:, 0].sigmoid()
+            return torch.stack([1 - positive, positive], dim=1)
+        return logits.float().sigmoid() if self.type == "multilabel" else logits.float().softmax(-1)
 
     def metrics(self) -> MetricCollection:
         """Fresh torchmetrics for one stage (train / val / test)."""

@@ -30,9 +30,15 @@ from src.callbacks.prepare import StrategyPrepare
 from src.checkpoint_io import read_checkpoint, remove_partial_writes
 from src.config import PROJECT_ROOT, instantiate_user, validate_config
 from src.data.base import ClassificationDataModule
+from src.data.protocol_dataset import decoding_metadata
 from src.errors import Preempted, UserError, as_user_error
 from src.figures import write_figures
-from src.models.backbone import create_backbone
+from src.models.backbone import (
+    create_backbone,
+    load_report_entries,
+    load_report_files,
+    remember_load_report,
+)
 from src.models.module import ClassificationModule
 from src.resume import (
     keep_csv_log,
@@ -43,6 +49,7 @@ from src.resume import (
     set_aside_results,
     write_run_id,
 )
+from src.stats.run import loggable, run_statistics, stats_options, write_splits
 from src.strategies import Strategy, count_parameters
 from src.summary import format_summary, write_json
 from src.tasks import Task
@@ -56,15 +63,24 @@ def build_model(cfg: DictConfig, task: Task) -> tuple[nn.Module, Strategy]:
     """Backbone + new head, with the strategy applied."""
     strategy: Strategy = instantiate(cfg.peft)
     b = cfg.backbone
-    model, _ = create_backbone(
+    model, report = create_backbone(
         name=b.name,
         num_classes=task.num_outputs,
         img_size=b.img_size,
         pretrained=b.pretrained,
         checkpoint=b.checkpoint,
         model_kwargs=OmegaConf.to_container(b.kwargs, resolve=True),
+        allow_missing=list(b.get("allow_missing") or []),
+        head_init_std=b.get("head_init_std"),
     )
-    return strategy.apply(model), strategy
+    model = strategy.apply(model)
+    remember_load_report(model, report)
+    return model, strategy
+
+
+def backbone_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved backbone config: what rebuilds the frozen weights (adapters, lean checkpoints)."""
+    return OmegaConf.to_container(cfg.backbone, resolve=True)
 
 
 def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task, color: str = "gray") -> dict[str, str]:
@@ -73,10 +89,11 @@ def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task, color: str
         "img_size": str(cfg.backbone.img_size),
         "color": color,  # how src.predict decodes images for this adapter (gray / rgb)
         "task": task.type,
+        "binary_head": task.binary_head,  # how src.predict turns the head's logits into probabilities
         "class_names": class_names_json(task.class_names),
         **strategy.metadata(),
         # Enough to rebuild the exact model around the adapter later (predict, adapter bank).
-        "backbone_config": json.dumps(OmegaConf.to_container(cfg.backbone, resolve=True)),
+        "backbone_config": json.dumps(backbone_config(cfg)),
         "strategy_config": json.dumps(OmegaConf.to_container(cfg.peft, resolve=True)),
     }
 
@@ -122,18 +139,26 @@ class Run:
 def build(cfg: DictConfig) -> Run:
     """Data, model, strategy, module and trainer; no side effect beyond the process."""
     validate_config(cfg)
+    stats_options(cfg)  # a bad stats.* / task.operating_point fails now, not after training
     cfg = check_tracking(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: ClassificationDataModule = instantiate_user(cfg.dataset)
     datamodule.check()
     datamodule.shuffle_seed = cfg.seed
-    task = Task(datamodule.task_type, datamodule.class_names, cfg.loss.label_smoothing)
+    task = Task(
+        datamodule.task_type,
+        datamodule.class_names,
+        cfg.loss.label_smoothing,
+        OmegaConf.select(cfg, "task.binary_head", default="softmax"),
+    )
     model, strategy = build_model(cfg, task)
     trainable, total = count_parameters(model)
     log.info(
         "trainable parameters: %s / %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
     )
-    module = ClassificationModule(model, task, OmegaConf.to_container(cfg.optim, resolve=True))
+    module = ClassificationModule(
+        model, task, OmegaConf.to_container(cfg.optim, resolve=True), backbone_config(cfg)
+    )
     resume, step, extra = resume_checkpoint(cfg), None, []
     if resume is None:
         # The strategy looks at the batches one process would see (a resumed run has its result in last.ckpt).
@@ -189,19 +214,27 @@ def train_and_test(run: Run) -> dict[str, float]:
 
 
 def finalise(run: Run, scores: dict[str, float]) -> dict[str, Any]:
-    """Rank 0: figures, adapter, metrics.json, MLflow artifacts; returns the metrics."""
+    """Rank 0: figures, splits, statistics, adapter, metrics.json, MLflow artifacts; returns the metrics."""
     cfg, out, model, strategy, task = run.cfg, run.out, run.model, run.strategy, run.task
-    extras, files = run.datamodule.report(out)
+    datamodule, module = run.datamodule, run.module
+    extras, files = datamodule.report(out)
+    extras, files = {**extras, **load_report_entries(model)}, [*files, *load_report_files(model, out)]
     strategy_extras, strategy_files = strategy.report(model, out)
     extras, files = {**extras, **strategy_extras}, [*files, *strategy_files]
-    if run.module.test_predictions is not None:  # None with test=false, or after ddp_spawn's own processes
-        files += write_figures(*run.module.test_predictions, task, out)
+    if module.test_predictions is not None:  # None with test=false, or after ddp_spawn's own processes
+        files += write_figures(*module.test_predictions, task, out)
+    split_files = write_splits(datamodule, task, out)
+    stats, stats_files = run_statistics(
+        cfg, datamodule, task, module.test_predictions, module.val_predictions, out
+    )
+    files += stats_files
 
     adapter_path = out / "adapter.safetensors"
-    metadata = adapter_metadata(cfg, strategy, task, run.datamodule.color)
+    metadata = adapter_metadata(cfg, strategy, task, datamodule.color) | decoding_metadata(datamodule)
     adapter_bytes = save_adapter(model, adapter_path, metadata)
     trainable, total = run.trainable, run.total
     metrics: dict[str, Any] = {
+        **stats,  # before the logged scores: where both hold a key, the value Lightning logged stands
         **scores,
         "trainable_params": trainable,
         "total_params": total,
@@ -217,8 +250,10 @@ def finalise(run: Run, scores: dict[str, float]) -> dict[str, Any]:
     if run.mlflow is not None:
         run.mlflow.log_metrics(
             {k: metrics[k] for k in ("trainable_params", "trainable_pct", "adapter_bytes")}
+            | loggable({k: v for k, v in stats.items() if k not in scores})
         )
         run.mlflow.log_files([adapter_path, out / "metrics.json", out / "config.yaml", *files])
+        run.mlflow.log_files(split_files, "splits")
     print(format_summary(metrics), flush=True)
     return metrics
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -59,16 +60,30 @@ def test_every_format_loads_the_backbone_and_drops_the_old_head(fmt: str, name: 
     assert own["head.weight"].shape == (2, 192)
 
 
-def test_missing_and_unexpected_keys_are_reported(tmp_path: Path) -> None:
+def test_a_partial_load_is_refused_listing_the_random_tensors(tmp_path: Path) -> None:
     state = source_state()
     state.pop("blocks.1.mlp.fc2.weight")
-    state["aux_head.weight"] = torch.zeros(3)
+    state["aux_head.weight"] = torch.zeros(3)  # an extra that is nothing of the backbone's: reported only
     path = write("safetensors", state, tmp_path / "w.safetensors")
     model, _ = create_backbone(num_classes=2, **TINY)
-    report = load_checkpoint(model, path)
-    assert report.missing == ["blocks.1.mlp.fc2.weight"]
+    with pytest.raises(
+        UserError, match=r"1 backbone tensors would stay randomly.*blocks\.1\.mlp\.fc2\.weight"
+    ):
+        load_checkpoint(model, path)
+    report = load_checkpoint(model, path, allow_missing=["blocks.1.mlp.*"])  # accepted on purpose
+    assert report.missing == [] and report.allowed_missing == ["blocks.1.mlp.fc2.weight"]
     assert report.unexpected == ["aux_head.weight"]
-    assert "missing (1)" in report.summary() and "unexpected (1)" in report.summary()
+    assert "allow_missing (1)" in report.summary() and "unexpected (1)" in report.summary()
+    out = json.loads(report.write(tmp_path).read_text())
+    assert out["allowed_missing"] == ["blocks.1.mlp.fc2.weight"] and out["loaded"] == report.loaded
+
+
+def test_backbone_tensors_under_other_names_are_refused(tmp_path: Path) -> None:
+    state = {f"encoder.{k}" if k.startswith("blocks.") else k: v for k, v in source_state().items()}
+    path = write("safetensors", state, tmp_path / "w.safetensors")
+    model, _ = create_backbone(num_classes=2, **TINY)
+    with pytest.raises(UserError, match=r"look like the backbone's under other names.*encoder\.blocks\.0"):
+        load_checkpoint(model, path)
 
 
 class Payload:
@@ -151,9 +166,10 @@ def test_mae_checkpoint_loads_as_mae_fine_tuning_does(tmp_path: Path) -> None:
     assert sorted(report.dropped) == sorted(
         [k for k in state if k.startswith(("decoder", "mask_token"))] + ["norm.bias", "norm.weight"]
     )
-    assert sorted(report.missing) == ["fc_norm.bias", "fc_norm.weight"] and report.unexpected == []
+    assert report.missing == [] and report.unexpected == []
+    assert sorted(report.new) == ["fc_norm.bias", "fc_norm.weight"]  # new by MAE's definition, not an error
     assert torch.equal(own["fc_norm.weight"], torch.ones(192))
-    assert "missing (2)" in report.summary() and "dropped" in report.summary()
+    assert "fc_norm" in report.summary() and "dropped" in report.summary()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 

@@ -69,15 +69,21 @@ CASES: list[tuple[str, Callable[[Path], object], np.ndarray | str]] = [
     ("bilevel.png", lambda p: Image.fromarray(RAMP > 127).save(p), np.where(RAMP > 127, 255, 0)),
     ("truncated.png", lambda p: p.write_bytes(cut(encoded(Image.fromarray(RAMP), "PNG"))), "truncated"),
     ("truncated.jpg", lambda p: p.write_bytes(cut(encoded(Image.fromarray(RGB), "JPEG"))), "truncated"),
-    ("zero_bytes.png", lambda p: p.write_bytes(b""), "cannot identify"),
+    ("zero_bytes.png", lambda p: p.write_bytes(b""), "empty file"),
+    ("zero_bytes.dcm", lambda p: p.write_bytes(b""), "empty file"),
     ("text.png", lambda p: p.write_text("not an image"), "cannot identify"),
-    ("no_pixels.dcm", dicom_without_pixels, "cannot read DICOM pixels"),
+    ("no_pixels.dcm", dicom_without_pixels, r"no pixel data \(Secondary Capture\)"),
     (
         "truncated.dcm",
         lambda p: p.write_bytes(cut(write_dicom(p, RAMP.astype(np.uint16)).read_bytes())),
-        "DICOM",
+        r"truncated: the file ends after 547 bytes, inside an element",
     ),
-    ("not_dicom.dcm", lambda p: p.write_text("not a dicom file"), "cannot read DICOM"),
+    (
+        "truncated_pixels.dcm",
+        lambda p: p.write_bytes(write_dicom(p, RAMP.astype(np.uint16)).read_bytes()[:-100]),
+        r"truncated: 412 of 512 bytes of pixel data",
+    ),
+    ("not_dicom.dcm", lambda p: p.write_text("not a dicom file"), r"not a DICOM file\. "),
 ]
 
 

@@ -203,6 +203,15 @@ def test_official_layout_trains(tmp_path: Path, dataset: str, build, extra: list
     )
     assert np.isfinite(metrics["test/auroc"]) and 0 <= metrics["test/auroc"] <= 1
     assert tree_state(root) == before  # the source folder is never written
+    # Every split is recorded, each case by its file under the root (MedMNIST: its row in the .npz).
+    for split in ("train", "val", "test"):
+        ids = [
+            line.split(",")[0]
+            for line in (tmp_path / "run" / "splits" / f"{split}.csv").read_text().splitlines()[1:]
+        ]
+        assert ids and (dataset == "medmnist" or all((root / i).is_file() for i in ids))
+    if dataset in ("nih_cxr14", "chexpert"):  # they record sex and age: one subgroup each here
+        assert metrics["test/subgroup/sex/" + ("M" if dataset == "nih_cxr14" else "F") + "/n"] > 0
 
 
 @pytest.mark.parametrize(

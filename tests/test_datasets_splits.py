@@ -120,6 +120,18 @@ def test_chexpert_uncertainty_policies_frontal_only_and_patient_val(tmp_path: Pa
     assert len(frontal["train"]) + len(frontal["val"]) == 10
     with pytest.raises(UserError, match=r"dataset.uncertainty='u_half'"):
         CheXpertDataModule(name="t", root=str(root), uncertainty="u_half", **COMMON)
+    # one policy per finding (CheXpert paper: U-Ones for Atelectasis / Edema, U-Zeros for Cardiomegaly, ...)
+    policy = {"Atelectasis": "u_ones", "Cardiomegaly": "u_zeros", "Consolidation": "ignore", "Edema": "u_ones",
+              "Pleural Effusion": "u_zeros"}  # fmt: skip
+    per = {"u_ones": 1.0, "u_zeros": 0.0, "ignore": float("nan")}
+    parts = splits(CheXpertDataModule, root, uncertainty=policy, val_fraction=0.2)
+    for path, target in zip(parts["train"].paths, parts["train"].targets.tolist(), strict=True):
+        values = by_path[path.relative_to(root)]
+        want = [raw.get(v, per[policy[f]]) for v, f in zip(values, policy, strict=True)]
+        np.testing.assert_array_equal(target, want)
+    with pytest.raises(UserError, match=r"missing: \['Pleural Effusion'\]"):
+        partial = {k: v for k, v in policy.items() if k != "Pleural Effusion"}
+        CheXpertDataModule(name="t", root=str(root), uncertainty=partial, **COMMON)
 
 
 def test_unknown_multilabel_targets_leave_loss_and_metrics() -> None:

@@ -34,7 +34,7 @@ def test_every_task_type_gets_its_figures(task_type: str, tmp_path: Path) -> Non
         scores = torch.rand(40, 3, generator=g)
     files = write_figures(scores, target, task, tmp_path)
     names_written = {p.name for p in files}
-    assert {"roc_curves.png", "confusion_matrix.png"} <= names_written
+    assert {"roc_curves.png", "confusion_matrix.png", "reliability.png"} <= names_written
     assert all(p.read_bytes().startswith(PNG) for p in files if p.suffix == ".png")
     assert ("per_class_auroc.md" in names_written) == (task_type == "multilabel")
 
@@ -60,4 +60,4 @@ def test_unknown_labels_are_left_out_of_the_figures(tmp_path: Path) -> None:
     extra_scores = torch.cat([scores, torch.tensor([[0.05, 0.99]])])
     unknown = torch.cat([target, torch.tensor([[-1, -1]])])
     assert per_class_table(extra_scores, unknown, task) == per_class_table(scores, target, task)
-    assert len(write_figures(extra_scores, unknown, task, tmp_path)) == 3
+    assert len(write_figures(extra_scores, unknown, task, tmp_path)) == 4

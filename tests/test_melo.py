@@ -158,6 +158,11 @@ def test_melo_presets_compose(preset: str, classes: int, size: int) -> None:
     assert len(cfg.melo.class_names) == classes and cfg.melo.backbone.img_size == size
     assert cfg.melo.rank == 4 and cfg.melo.alpha == 4 and cfg.melo.backbone.pretrained
     assert cfg.melo.color == ("rgb" if preset == "blood_cells" else "gray")
+    # MeLo's dataloaders all normalise with ImageNet's mean / std (utils/dataloader_*.py)
+    assert list(cfg.melo.backbone.mean) == [0.485, 0.456, 0.406]
+    assert list(cfg.melo.backbone.std) == [0.229, 0.224, 0.225]
+    # 224 px loaders resize float tensors with torchvision, 384 px ones the PIL image
+    assert cfg.melo.resize == ("tensor" if size == 224 else "pil")
 
 
 def test_melo_preset_without_its_file_is_one_clear_line() -> None:

@@ -155,3 +155,30 @@ def test_predict_refuses_foreign_code_and_missing_inputs(two_adapters, tmp_path:
     with pytest.raises(UserError, match="not a medpeft strategy"):
         predict([str(evil)], [str(images)])
     assert not Path("pwned").exists()
+
+
+def test_predict_cli_keeps_the_good_files_and_lists_the_refused(two_adapters, tmp_path: Path) -> None:
+    from src.predict import main as predict_main
+    from tests.conftest import compose_train
+    from tests.test_dicom_files import multiframe
+
+    adapters, images = two_adapters
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = Image.open(next(images.glob("*.png")))
+    good.save(folder / "good.png")
+    (folder / "empty.png").write_bytes(b"")
+    cine = multiframe(folder / "IM000001")  # extensionless, 3 frames
+    out = tmp_path / "p.csv"
+    overrides = [f"adapters=[{adapters['opacity']}]", f"inputs=[{folder}]", f"out={out}", "dicom_frames=all"]
+    with pytest.raises(SystemExit) as exit_:  # in-process: the entry point minus the interpreter start
+        predict_main.__wrapped__(compose_train(overrides, config_name="predict"))
+    assert f"{out}.errors.csv" in str(exit_.value.code) and exit_.value.code != 0
+    assert [r["path"] for r in csv.DictReader(out.open())] == [
+        f"{cine}#1",
+        f"{cine}#2",
+        f"{cine}#3",
+        str(folder / "good.png"),
+    ]
+    with Path(f"{out}.errors.csv").open(newline="") as f:
+        assert list(csv.DictReader(f)) == [{"file": str(folder / "empty.png"), "reason": "empty file"}]

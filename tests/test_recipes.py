@@ -84,6 +84,11 @@ def test_melo_recipe_builds_melo_model_and_protocol(dataset: str, tmp_path: Path
         0,
     )
     assert cfg.optim.weight_decay == 0 and cfg.trainer.max_epochs == 20
+    # every MeLo dataloader normalises with ImageNet's mean / std
+    assert list(cfg.dataset.mean) == [0.485, 0.456, 0.406] and list(cfg.dataset.std) == [0.229, 0.224, 0.225]
+    # MeLo's loaders: whole image resized (no crop), its resize rule, a flip except for blood cells
+    assert cfg.dataset.crop_margin == 0 and cfg.dataset.resize == ("tensor" if size == 224 else "pil")
+    assert cfg.dataset.hflip == (dataset != "blood_cells")
     assert cfg.dataset.batch_size == batch and cfg.loss.label_smoothing == smoothing
     assert (cfg.peft.targets, cfg.peft.rank, cfg.peft.alpha) == ("qv", 4, 4)
     trainable, total, pct, adapter = counts(model)
@@ -213,6 +218,7 @@ def test_medpeft_recipe_trains_end_to_end_on_a_fixture_tree(tmp_path: Path) -> N
         "medpeft.model=cxr_mae",
         "dataset=rsna_pneumonia",
         f"dataset.root={root}",
+        "medpeft.allow_own_splits=true",  # a fixture tree without MED-PEFT's lists
     ]
     pocket = f"backbone.checkpoint={PROJECT_ROOT}/weights/pocket_tiny.safetensors"
     tiny = ["backbone=tiny", pocket, "dataset.batch_size=4", "dataset.num_workers=0"]
@@ -223,8 +229,8 @@ def test_medpeft_recipe_trains_end_to_end_on_a_fixture_tree(tmp_path: Path) -> N
     metrics = train(cfg)
     assert 0.0 <= metrics["test/auroc"] <= 1.0
     assert (
-        metrics["trainable_params"] == 4 * 192 * 32 * 4 + 2 * 192 + 2 * 192 + 2
-    )  # q/v LoRA r32, fc_norm, head
+        metrics["trainable_params"] == 4 * 192 * 32 * 4 + 2 * 192 + 192 + 1
+    )  # q/v LoRA r32, fc_norm, head (one sigmoid logit for the binary RSNA task, as MED-PEFT)
 
 
 @pytest.mark.parametrize(

@@ -161,7 +161,9 @@ def test_extending_a_finished_run_stretches_the_lr_cosine_to_the_new_end(tmp_pat
     first = train(compose_train(one, tmp_path))
     run_dir = Path(first["run_dir"])
     again = ["trainer.max_epochs=2", f"resume={run_dir}"]
-    with pytest.raises(UserError, match=r"already finished.*To train it longer"):  # same length: nothing to do
+    with pytest.raises(
+        UserError, match=r"already finished.*To train it longer"
+    ):  # same length: nothing to do
         resume_argv([f"resume={run_dir}"])
     assert resume_argv([f"resume={run_dir}", "trainer.max_epochs=2"])[-1] == f"hydra.run.dir={run_dir}"
 

@@ -96,11 +96,16 @@ def test_adapter_round_trip_gives_the_same_logits(peft: str, make_cfg, tmp_path:
     assert meta["task"] == "binary"
     assert not torch.allclose(before, after)
 
+    # The checkpoint is lean (src/lean_checkpoint.py): it holds all but the frozen backbone weights, which the
+    # reference takes from the same backbone file.
     ckpt = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     reference, _ = build_model(cfg, task)
-    reference.load_state_dict(
-        {k.removeprefix("model."): v for k, v in ckpt.items() if k.startswith("model.")}
+    missing, unexpected = reference.load_state_dict(
+        {k.removeprefix("model."): v for k, v in ckpt.items() if k.startswith("model.")}, strict=False
     )
+    assert not unexpected and set(missing) == {
+        n for n, p in reference.named_parameters() if not p.requires_grad
+    }
     torch.testing.assert_close(after, reference.eval()(images), rtol=0, atol=0)
 
 
@@ -126,7 +131,12 @@ def test_mlflow_run_gets_params_metrics_and_artifacts(make_cfg, tmp_path: Path) 
     history = client.get_metric_history(run.info.run_id, "val/auroc")
     assert len(history) == 3  # one per epoch, then the best checkpoint re-validated
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"adapter.safetensors", "metrics.json", "config.yaml"} <= artifacts
+    assert {"adapter.safetensors", "metrics.json", "config.yaml", "backbone_load.json"} <= artifacts
+    assert "predictions_test.csv" in artifacts
+    splits = {a.path for a in client.list_artifacts(run.info.run_id, "splits")}
+    assert splits == {"splits/train.csv", "splits/val.csv", "splits/test.csv"}
+    for key in ("test/auroc_ci_low", "test/auroc_ci_high", "test/op_sensitivity", "test/ece"):
+        assert run.data.metrics[key] == pytest.approx(metrics[key])
     assert run.info.status == "FINISHED"
 
 

@@ -72,6 +72,26 @@ class ClassificationDataModule(L.LightningDataModule):
         """After training: entries for metrics.json and files written under ``out`` to log as artifacts."""
         return {}, []
 
+    def split_dataset(self, split: str) -> Dataset:
+        if split not in self.datasets:
+            self.datasets[split] = self.build_split(split)
+        return self.datasets[split]
+
+    def sample_ids(self, split: str) -> list[str] | None:
+        """A stable id for every case of ``split``, in the order the loaders yield them: here the index (data
+        generated or held in arrays); file datasets give the file. None for an unbounded stream."""
+        dataset = self.split_dataset(split)
+        return [str(i) for i in range(len(dataset))] if hasattr(dataset, "__len__") else None
+
+    def split_targets(self, split: str) -> Tensor | None:
+        """The labels of ``split`` in the same order (as the dataset stores them), or None if unknown."""
+        return getattr(self.split_dataset(split), "targets", None)
+
+    def subgroups(self, split: str) -> dict[str, list[str]]:
+        """Attributes for subgroup analysis (``sex``, ``age``, a CSV's columns), one raw value per case of
+        ``split`` ('' where unknown); datasets that carry none return {}."""
+        return {}
+
     def setup(self, stage: str | None = None) -> None:
         for split in STAGE_SPLITS.get(stage, SPLITS) if stage else SPLITS:
             if split not in self.datasets:

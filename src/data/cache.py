@@ -35,27 +35,35 @@ from tqdm.auto import tqdm
 
 from src.atomic import atomic_directory
 from src.data.image_files import ImageFileDataset, read_image
+from src.data.transforms import DEFAULT_DECODE, Decode
 from src.errors import UserError
 
 log = logging.getLogger(__name__)
 
 # Part of every key: bump it when decoding or resizing changes, so old entries are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: DICOM through pydicom's modality + VOI LUTs, frame policy in the key
 
 
 class DecodeJobs(Dataset):
     """Decoding as a dataset, so that a DataLoader spreads it over worker processes: each item is
     ``(index, pixels or None, error message)``; a bad file is reported, never raised in a worker."""
 
-    def __init__(self, paths: Sequence[Path], size: int, color: str = "gray") -> None:
-        self.paths, self.size, self.color = list(paths), size, color
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        size: int,
+        color: str = "gray",
+        frames: str = "error",
+        decode: Decode = DEFAULT_DECODE,
+    ) -> None:
+        self.paths, self.size, self.color, self.frames, self.decode = list(paths), size, color, frames, decode
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, Tensor | None, str]:
         try:
-            return index, read_image(self.paths[index], self.size, self.color), ""
+            return index, read_image(self.paths[index], self.size, self.color, self.frames, self.decode), ""
         except UserError as err:
             return index, None, str(err)
 
@@ -68,11 +76,13 @@ def decode_all(
     skip_bad: bool,
     sink: Callable[[int, Tensor], None] | None = None,
     color: str = "gray",
+    frames: str = "error",
+    decode: Decode = DEFAULT_DECODE,
 ) -> list[tuple[int, str]]:
     """Decode every file with ``num_workers`` processes, handing each image to ``sink``; returns the
     (index, message) of unreadable files, or raises on the first one unless ``skip_bad``."""
     loader = DataLoader(
-        DecodeJobs(paths, size, color),
+        DecodeJobs(paths, size, color, frames, decode),
         batch_size=None,
         num_workers=num_workers,
         prefetch_factor=8 if num_workers else None,
@@ -98,7 +108,14 @@ def _digest(lines: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def entry_name(paths: Sequence[Path], split: str, size: int, color: str = "gray") -> tuple[str, str]:
+def entry_name(
+    paths: Sequence[Path],
+    split: str,
+    size: int,
+    color: str = "gray",
+    frames: str = "error",
+    decode: Decode = DEFAULT_DECODE,
+) -> tuple[str, str]:
     """(prefix shared by every version of this file list, full name with the sources' stamp)."""
     names = [str(Path(p).resolve()) for p in paths]
     try:
@@ -106,7 +123,9 @@ def entry_name(paths: Sequence[Path], split: str, size: int, color: str = "gray"
     except FileNotFoundError as err:
         raise UserError(f"image {err.filename} disappeared while building the cache; re-run.") from None
     stamp = _digest([f"v{CACHE_VERSION}", *(f"{s.st_size} {s.st_mtime_ns}" for s in stats)])
-    prefix = f"{split}_{size}px_{color}_{_digest(names)}"
+    prefix = f"{split}_{size}px_{color}{decode.key()}_{_digest(names)}" + (
+        "" if frames == "error" else f"_{frames}"
+    )
     return prefix, f"{prefix}_{stamp}"
 
 
@@ -159,13 +178,15 @@ def build_or_load(
     num_workers: int,
     skip_bad: bool,
     color: str = "gray",
+    frames: str = "error",
+    decode: Decode = DEFAULT_DECODE,
 ) -> CacheEntry:
     """The cache entry of ``paths`` at ``size`` in ``color`` mode: reused when current, else built once
     across processes (stale versions removed when unused). The entry stays locked (shared) while this
     process lives, so no other job removes it."""
     folder = Path(cache_dir).expanduser() / dataset
     folder.mkdir(parents=True, exist_ok=True)
-    prefix, name = entry_name(paths, split, size, color)
+    prefix, name = entry_name(paths, split, size, color, frames, decode)
     final, lock = folder / name, folder / f"{name}.lock"
     built = False
     if lock not in _IN_USE:
@@ -178,7 +199,7 @@ def build_or_load(
             fcntl.flock(fd, fcntl.LOCK_EX)  # one builder; whoever gets it second finds the entry built
             if not (final / "meta.json").exists():
                 desc = f"caching {dataset}/{split} at {size}px {color}"
-                _build(paths, size, final, num_workers, skip_bad, desc, color)
+                _build(paths, size, final, num_workers, skip_bad, desc, color, frames, decode)
                 built = True
             fcntl.flock(fd, fcntl.LOCK_SH)
         _IN_USE[lock] = fd
@@ -198,6 +219,8 @@ def _build(
     skip_bad: bool,
     desc: str,
     color: str = "gray",
+    frames: str = "error",
+    decode: Decode = DEFAULT_DECODE,
 ) -> None:
     start = time.perf_counter()
     shape = (len(paths), size, size, 3) if color == "rgb" else (len(paths), size, size)
@@ -207,7 +230,9 @@ def _build(
         def write(index: int, pixels: Tensor) -> None:
             images[index] = pixels.numpy()
 
-        bad = decode_all(paths, size, num_workers, desc, skip_bad, sink=write, color=color)
+        bad = decode_all(
+            paths, size, num_workers, desc, skip_bad, sink=write, color=color, frames=frames, decode=decode
+        )
         images.flush()
         meta = {"version": CACHE_VERSION, "size": size, "color": color, "count": len(paths), "bad": bad}
         meta["paths"] = [str(p) for p in paths]

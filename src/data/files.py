@@ -18,12 +18,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from src.atomic import atomic_write
 from src.data.base import SPLITS, ClassificationDataModule
 from src.data.cache import CachedImageDataset, CacheEntry, build_or_load, decode_all
+from src.data.dicom import check_frame_policy
 from src.data.image_files import COLORS, ImageFileDataset
+from src.data.protocol_dataset import ProtocolImageDataset
 from src.data.splits import check_label_fraction, label_fraction_indices, split_by_fractions
+from src.data.transforms import PROTOCOLS, Decode, protocol_transform
 from src.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -36,11 +40,13 @@ SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validati
 class FileSplit:
     """One split: ``targets`` is (N,) int64 for binary / multiclass, (N, C) float32 for multilabel
     (NaN where a label is unknown and must be left out of loss and metrics); ``groups`` are patient ids,
-    so that anything carved from a split keeps each patient on one side."""
+    so that anything carved from a split keeps each patient on one side; ``meta`` holds subgroup attributes
+    (``sex``, ``age``, ...: one raw value per image) where the layout records them."""
 
     paths: list[Path]
     targets: Tensor
     groups: list[str] | None = None
+    meta: dict[str, list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -52,6 +58,7 @@ class FileSplit:
             [self.paths[i] for i in idx],
             self.targets[idx],
             None if self.groups is None else [self.groups[i] for i in idx],
+            None if self.meta is None else {k: [v[i] for i in idx] for k, v in self.meta.items()},
         )
 
 
@@ -131,7 +138,9 @@ class FileDataModule(ClassificationDataModule):
     them. ``cache=True`` decodes each split once into ``cache_dir`` (see :mod:`src.data.cache`).
     ``on_bad_image``: ``error`` stops at the first unreadable file, naming it; ``skip`` leaves such files
     out, logging each and counting them in metrics.json (without the cache, that needs one decoding pass
-    over every split before training).
+    over every split before training); reasons as :class:`~src.data.image_files.UnreadableImage` gives
+    them. ``dicom_frames``: the frame of a multi-frame DICOM to train on (``error`` refuses such files
+    naming the option, ``first``, ``middle``; see :mod:`src.data.dicom`).
     """
 
     LAYOUT: ClassVar[str] = ""
@@ -145,10 +154,17 @@ class FileDataModule(ClassificationDataModule):
         crop_margin: float = 0.125,
         on_bad_image: str = "error",
         color: str = "gray",
+        dicom_frames: str = "error",
+        resize: str = "pil",
+        dicom_intensity: str = "window",
+        protocol: str = "squash",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.color = color
+        self.color, self.dicom_frames = color, dicom_frames
+        # The papers' decoding and transform rules (src.data.transforms): resize pil | tensor (MeLo),
+        # dicom_intensity window | max255 (MED-PEFT), protocol squash | medpeft_mrm | medpeft_cxr_mae.
+        self.decode, self.protocol = Decode(resize, dicom_intensity), protocol
         self.label_fraction, self.label_fraction_seed = label_fraction, label_fraction_seed
         self.cache, self.cache_dir, self.crop_margin = cache, cache_dir, crop_margin
         self.on_bad_image = on_bad_image
@@ -164,8 +180,16 @@ class FileDataModule(ClassificationDataModule):
                 f"dataset.color={self.color!r} must be gray (8-bit grayscale, radiographs) or rgb (colour "
                 "images such as stained cells or photographs)."
             )
+        check_frame_policy(self.dicom_frames, "dataset.dicom_frames", training=True)
         if self.on_bad_image not in ("error", "skip"):
             raise UserError(f"dataset.on_bad_image={self.on_bad_image!r} must be error or skip.")
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"dataset.protocol={self.protocol!r} must be one of {', '.join(PROTOCOLS)}.")
+        if self.protocol != "squash" and self.on_bad_image == "skip":
+            raise UserError(
+                f"dataset.on_bad_image=skip needs the default pipeline; dataset.protocol={self.protocol} decodes "
+                "each file on access, so every file must be readable: set dataset.on_bad_image=error."
+            )
         margin = self.crop_margin
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
             raise UserError(
@@ -243,6 +267,8 @@ class FileDataModule(ClassificationDataModule):
             self.num_workers,
             self.on_bad_image == "skip",
             self.color,
+            self.dicom_frames,
+            self.decode,
         )
 
     def prepare_data(self) -> None:
@@ -250,11 +276,18 @@ class FileDataModule(ClassificationDataModule):
         while the other DDP ranks wait, then map it."""
         if self.cache:
             self.check()
+            mean, std = (t.flatten().tolist() for t in (self.normalize.mean, self.normalize.std))
             for split in SPLITS:
-                self.cache_entry(split)
+                if protocol_transform(self.protocol, split, self.image_size, mean, std) is None:
+                    self.cache_entry(split)  # a paper protocol's own transforms decode on access instead
 
-    def build_split(self, split: str) -> ImageFileDataset:
+    def build_split(self, split: str) -> Dataset:
         self.check()
+        mean, std = (t.flatten().tolist() for t in (self.normalize.mean, self.normalize.std))
+        transform = protocol_transform(self.protocol, split, self.image_size, mean, std)
+        if transform is not None:  # whole images through the paper's own transforms, decoded on access
+            part = self.splits[split]
+            return ProtocolImageDataset(part.paths, part.targets, transform, self.color, self.decode)
         part, size = self.splits[split], self.load_size(split)
         entry, keep = None, range(len(part))
         if self.cache:
@@ -262,7 +295,16 @@ class FileDataModule(ClassificationDataModule):
             bad = entry.bad
         elif self.on_bad_image == "skip":
             desc = f"checking {self.name}/{split}"
-            bad = decode_all(part.paths, size, self.num_workers, desc, True, color=self.color)
+            bad = decode_all(
+                part.paths,
+                size,
+                self.num_workers,
+                desc,
+                True,
+                color=self.color,
+                frames=self.dicom_frames,
+                decode=self.decode,
+            )
         else:
             bad = []
         if bad:
@@ -276,8 +318,26 @@ class FileDataModule(ClassificationDataModule):
             part = self.splits[split] = part.subset(keep)
         args = (part.paths, part.targets, self.image_size, self.normalize, self.hflip and split == "train")
         if entry is not None:
-            return CachedImageDataset(entry.images, keep, *args, load_size=size, color=self.color)
-        return ImageFileDataset(*args, load_size=size, color=self.color)
+            return CachedImageDataset(
+                entry.images, keep, *args, load_size=size, color=self.color, frames=self.dicom_frames
+            )
+        return ImageFileDataset(
+            *args, load_size=size, color=self.color, frames=self.dicom_frames, decode=self.decode
+        )
+
+    def sample_ids(self, split: str) -> list[str]:
+        """Each image's path relative to the dataset root (after ``on_bad_image=skip`` left any out)."""
+        self.check()
+        root = Path(self.root).expanduser()
+        return [relative_to(p, root) for p in self.splits[split].paths]
+
+    def split_targets(self, split: str) -> Tensor:
+        self.check()
+        return self.splits[split].targets
+
+    def subgroups(self, split: str) -> dict[str, list[str]]:
+        self.check()
+        return dict(self.splits[split].meta or {})
 
     def report(self, out: Path) -> tuple[dict[str, Any], list[Path]]:
         """Split sizes for metrics.json; ``train_files.txt`` (the training images used, relative to the

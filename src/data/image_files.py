@@ -1,7 +1,9 @@
-"""Image decoding (PIL for PNG / JPEG / TIFF, pydicom for DICOM) and a dataset that decodes on access."""
+"""Image decoding (PIL for PNG / JPEG / TIFF, pydicom for DICOM found by content) and a dataset that
+decodes on access."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -11,55 +13,111 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from src.data.dicom import DICOM_SUFFIXES, DICOMDIR_NAME, DicomRefused, decode_frames, is_dicom, is_dicomdir
+from src.data.transforms import DEFAULT_DECODE, Decode, read_dicom_max255, resize_to
 from src.errors import UserError
 
-DICOM_SUFFIXES = (".dcm", ".dicom")
+# Files taken by suffix; any other file is taken when it holds DICOM (see :func:`image_files`).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", *DICOM_SUFFIXES)
 # dataset.color: how pixels are kept. ``gray`` (radiographs): (H, W) uint8, repeated to three channels by
 # Normalize; ``rgb`` (stained cells, photographs): (H, W, 3) uint8.
 COLORS = ("gray", "rgb")
 
 
-def read_image(path: Path, size: int, color: str = "gray") -> Tensor:
-    """Any supported file (PNG / JPEG / TIFF / BMP or DICOM) as a (size, size) uint8 grayscale tensor, or
-    (size, size, 3) uint8 RGB with ``color="rgb"`` (a DICOM's grayscale repeated into the three channels)."""
+def image_files(folder: Path) -> list[Path]:
+    """Every image under ``folder``, recursively, sorted: files with an image suffix, and files of any
+    other name that hold DICOM by content (PACS and CD exports have no suffix); hidden files and
+    ``DICOMDIR`` (a CD's index, no image) left out."""
+    found = []
+    for p in sorted(Path(folder).rglob("*")):
+        if p.name.startswith(".") or not p.is_file() or p.name.upper() == DICOMDIR_NAME:
+            continue
+        if p.suffix.lower() in IMAGE_SUFFIXES or (is_dicom(p) and not is_dicomdir(p)):
+            found.append(p)
+    return found
+
+
+_MESSAGE = re.compile(r"cannot read image (.*?): (.*)\. Replace or remove the file\.$", re.S)
+
+
+class UnreadableImage(UserError):
+    """A file that gives no image: ``path`` and a short ``reason`` (for predict's errors CSV and the
+    training's skipped-images list); the message names both and the fix."""
+
+    def __init__(self, path: Path | str, reason: str | None = None) -> None:
+        if reason is None:
+            # Rebuilt from one string (unpickled, or re-raised from a DataLoader worker with its traceback).
+            marker = f"{UnreadableImage.__module__}.{UnreadableImage.__qualname__}: "
+            message = str(path).rsplit(marker, 1)[-1].strip()
+            parts = _MESSAGE.match(message)
+            path, reason = (parts[1], parts[2]) if parts else ("", message)
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"cannot read image {path}: {reason}. Replace or remove the file.")
+
+
+def read_image(
+    path: Path, size: int, color: str = "gray", frames: str = "error", decode: Decode = DEFAULT_DECODE
+) -> Tensor:
+    """Any supported file (PNG / JPEG / TIFF / BMP or DICOM, the latter found by content whatever its
+    name) as a (size, size) uint8 grayscale tensor, or (size, size, 3) uint8 RGB with ``color="rgb"``
+    (a DICOM's grayscale repeated into the three channels). ``frames`` picks the frame of a multi-frame
+    DICOM (``error``, ``first``, ``middle``; see :mod:`src.data.dicom`); ``decode`` the papers' resize and
+    DICOM intensity rules (:mod:`src.data.transforms`)."""
+    images = read_frames(path, size, color, frames, decode=decode)
+    if len(images) != 1:
+        raise UnreadableImage(path, f"has {len(images)} frames; training takes one: use first or middle")
+    return images[0]
+
+
+def read_frames(
+    path: Path,
+    size: int,
+    color: str = "gray",
+    frames: str = "error",
+    option: str = "dataset.dicom_frames",
+    decode: Decode = DEFAULT_DECODE,
+) -> list[Tensor]:
+    """:func:`read_image` for every frame ``frames`` selects (``all``: each frame of a multi-frame DICOM);
+    one image for any other file. ``option`` is the config key named when a multi-frame file is refused."""
     if color not in COLORS:
         raise UserError(f"colour mode {color!r} is unknown: use gray or rgb (dataset.color).")
-    if Path(path).suffix.lower() in DICOM_SUFFIXES:
-        return read_dicom(path, size, color)
-    return read_pil(path, size, "RGB" if color == "rgb" else "L")
-
-
-def read_dicom(path: Path, size: int, color: str = "gray") -> Tensor:
-    """DICOM to display grayscale: rescale slope/intercept, the file's window (else its range),
-    MONOCHROME1 inverted so that dense tissue is bright as in MONOCHROME2; with ``color="rgb"`` that
-    grayscale repeated into three channels. A colour DICOM (3 samples per pixel, e.g. slides or
-    endoscopy; pydicom converts YBR to RGB) is scaled by its bit depth and converted to ``color``."""
-    import pydicom
-
     try:
-        ds = pydicom.dcmread(str(path))
-        arr = ds.pixel_array.astype(np.float32)
-    except Exception as err:  # pydicom raises many types for missing / undecodable pixel data
-        raise UserError(f"cannot read DICOM pixels of {path}: {err}") from None
-    if int(getattr(ds, "SamplesPerPixel", 1)) == 3:
-        arr *= 255.0 / (2 ** int(getattr(ds, "BitsStored", 8)) - 1)
-        im = Image.fromarray(arr.round().clip(0, 255).astype(np.uint8), "RGB")
+        empty = Path(path).stat().st_size == 0
+    except OSError as err:
+        raise UnreadableImage(path, err.strerror or str(err)) from None
+    if empty:
+        raise UnreadableImage(path, "empty file")
+    if Path(path).suffix.lower() in DICOM_SUFFIXES or is_dicom(path):
+        if decode.dicom_intensity == "max255":
+            return [read_dicom_max255(path, size, color, decode.resize)]
+        if decode.resize != "pil":
+            raise UserError(f"{path}: dataset.resize={decode.resize} applies to PNG / JPEG files, not DICOM.")
+        return read_dicom_frames(path, size, color, frames, option)
+    return [read_pil(path, size, "RGB" if color == "rgb" else "L", decode.resize)]
+
+
+def read_dicom(path: Path, size: int, color: str = "gray", frames: str = "error") -> Tensor:
+    """One DICOM image (see :func:`read_dicom_frames`)."""
+    return read_dicom_frames(path, size, color, frames)[0]
+
+
+def read_dicom_frames(
+    path: Path, size: int, color: str = "gray", frames: str = "error", option: str = "dataset.dicom_frames"
+) -> list[Tensor]:
+    """The selected frames of a DICOM as display images (modality LUT, first VOI, MONOCHROME1 inverted,
+    palette applied; see :mod:`src.data.dicom`), resized to size x size; a grayscale DICOM read as
+    ``rgb`` is repeated into three channels, a colour one read as ``gray`` converted with ITU-R 601 luma."""
+    try:
+        units = decode_frames(path, frames, option)
+    except DicomRefused as err:
+        raise UnreadableImage(path, err.reason) from None
+    out = []
+    for unit in units:
+        pixels = np.rint(unit * 255.0).astype(np.uint8)
+        im = Image.fromarray(pixels, "RGB" if pixels.ndim == 3 else "L")
         im = im.convert("RGB" if color == "rgb" else "L").resize((size, size), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.array(im, dtype=np.uint8))
-    arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
-    center, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
-    if center is not None and width is not None:
-        center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
-        width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
-        lo, hi = center - width / 2, center + width / 2
-    else:
-        lo, hi = float(arr.min()), float(arr.max())
-    arr = np.clip((arr - lo) / max(hi - lo, 1e-6), 0, 1)
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        arr = 1.0 - arr
-    im = Image.fromarray((arr * 255).round().astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
-    gray = torch.from_numpy(np.array(im, dtype=np.uint8))
-    return gray.unsqueeze(-1).expand(-1, -1, 3).contiguous() if color == "rgb" else gray
+        out.append(torch.from_numpy(np.array(im, dtype=np.uint8)))
+    return out
 
 
 def read_grayscale(path: Path, size: int) -> Tensor:
@@ -67,7 +125,7 @@ def read_grayscale(path: Path, size: int) -> Tensor:
     return read_pil(path, size, "L")
 
 
-def read_pil(path: Path, size: int, mode: str) -> Tensor:
+def read_pil(path: Path, size: int, mode: str, resize: str = "pil") -> Tensor:
     """Decode with PIL into ``mode`` (``L`` or ``RGB``) at size x size.
 
     16-bit and 32-bit grayscale is scaled from its own min..max to 0..255 (a constant image becomes 0), rounded;
@@ -83,10 +141,11 @@ def read_pil(path: Path, size: int, mode: str) -> Tensor:
                 lo, hi = float(arr.min()), float(arr.max())
                 arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
                 im = Image.fromarray(np.rint(arr).astype(np.uint8))
-            im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+            im = resize_to(im.convert(mode), size, resize)
             return torch.from_numpy(np.array(im, dtype=np.uint8))
     except (OSError, UnidentifiedImageError) as err:
-        raise UserError(f"cannot read image {path}: {err}. Replace or remove the file.") from None
+        reason = str(err).replace(f"{path!r}", "").replace(str(path), "").strip(" :'")
+        raise UnreadableImage(path, reason or type(err).__name__) from None
 
 
 def random_crop(image: Tensor, size: int) -> Tensor:
@@ -110,18 +169,22 @@ class ImageFileDataset(Dataset):
         hflip: bool,
         load_size: int | None = None,
         color: str = "gray",
+        frames: str = "error",
+        decode: Decode = DEFAULT_DECODE,
     ) -> None:
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
         self.paths, self.targets, self.size, self.transform = list(paths), targets, size, transform
         self.hflip, self.load_size, self.color = hflip, load_size or size, color
+        self.frames = frames
+        self.decode = decode
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def pixels(self, index: int) -> Tensor:
         """The (load_size, load_size[, 3]) uint8 image before augmentation."""
-        return read_image(self.paths[index], self.load_size, self.color)
+        return read_image(self.paths[index], self.load_size, self.color, self.frames, self.decode)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image = self.pixels(index)

@@ -1,6 +1,7 @@
 """Your own images sorted into one folder per class (the torchvision ``ImageFolder`` layout).
 
     <root>/<class>/**/*.png|jpg|jpeg|tif|tiff|bmp|dcm           -> seeded stratified train / val / test
+    (DICOMs are found by content, so extensionless PACS / CD exports count; DICOMDIR is skipped)
     <root>/train/<class>/...  [<root>/val/<class>/...]  [<root>/test/<class>/...]   -> those splits
 
 Class names are the folder names, sorted, unless ``dataset.class_names`` lists them (that order is the
@@ -17,19 +18,10 @@ from pathlib import Path
 import torch
 
 from src.data.files import SPLIT_NAMES, FileDataModule, FileSplit, complete_splits
+from src.data.image_files import image_files
 from src.errors import UserError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 LAYOUT = "<root>/<class>/*.png (one folder per class), or <root>/train|val|test/<class>/*.png"
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Every image under ``folder`` (recursively, hidden files left out), sorted."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
-    )
 
 
 def class_folders(folder: Path) -> dict[str, list[Path]]:

@@ -25,6 +25,7 @@ import torch
 
 from src.data.files import FileDataModule, FileSplit, check_labels_match
 from src.data.splits import iterative_stratification
+from src.data.subgroups import dicom_subgroups
 from src.errors import UserError
 
 FOLDS = 5
@@ -68,6 +69,11 @@ class INbreastDataModule(FileDataModule):
         if fold not in range(FOLDS):
             raise UserError(f"dataset.fold={fold} must be one of 0..{FOLDS - 1} (the test fold).")
         self.fold, self.seed = fold, seed
+
+    def subgroups(self, split: str) -> dict[str, list[str]]:
+        """PatientSex / PatientAge from the split's DICOM headers."""
+        self.check()
+        return dicom_subgroups(self.splits[split].paths)
 
     def read_table(self, base: Path) -> dict[str, int]:
         """File Name -> label; rows without a numeric File Name (an exported sheet's totals footer) are skipped."""

@@ -227,6 +227,11 @@ class MedMNISTDataModule(ClassificationDataModule):
             images, targets = images[keep], targets[keep]
         return ArrayDataset(images, targets, transform, self.hflip and split == "train")
 
+    def sample_ids(self, split: str) -> list[str]:
+        """The row of ``<split>_images`` in the .npz (the training rows ``label_fraction`` kept)."""
+        ids = super().sample_ids(split)
+        return [str(i) for i in self.train_indices] if split == "train" else ids
+
     def report(self, out: Path) -> tuple[dict[str, Any], list[Path]]:
         """Split sizes for metrics.json; ``train_indices.txt`` (rows of ``train_images`` used) in the run dir."""
         listing = out / "train_indices.txt"

@@ -48,6 +48,8 @@ FINDINGS = (
     "Hernia",
 )
 LABEL_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+# For subgroup AUROC (src.stats); the v2020 file calls Patient Gender "Patient Sex".
+SUBGROUP_COLUMNS = {"Patient Gender": "sex", "Patient Sex": "sex", "Patient Age": "age"}
 LAYOUT = (
     "<root>/Data_Entry_2017.csv (or Data_Entry_2017_v2020.csv), <root>/train_val_list.txt, "
     "<root>/test_list.txt and the PNGs in <root>/images/ or <root>/images_0XX/images/"
@@ -105,7 +107,7 @@ class NIHChestXray14DataModule(FileDataModule):
             # index_col=False: the v2020 rows end with a comma the header may lack, which would shift columns.
             table = pd.read_csv(
                 self.require(label_file, "label file"),
-                usecols=["Image Index", "Finding Labels", "Patient ID"],
+                usecols=lambda c: c in {"Image Index", "Finding Labels", "Patient ID", *SUBGROUP_COLUMNS},
                 index_col=False,
                 dtype=str,
             )
@@ -113,6 +115,11 @@ class NIHChestXray14DataModule(FileDataModule):
             raise UserError(
                 f"{label_file} lacks the NIH columns: {err}. Expected layout: {LAYOUT}."
             ) from None
+        missing = {"Image Index", "Finding Labels", "Patient ID"} - set(table.columns)
+        if missing:
+            raise UserError(
+                f"{label_file} lacks the NIH columns {sorted(missing)}. Expected layout: {LAYOUT}."
+            )
         labels = multi_hot(table["Finding Labels"], label_file)
         patients = table["Patient ID"].tolist()
         row_of = {name: i for i, name in enumerate(table["Image Index"])}
@@ -140,7 +147,14 @@ class NIHChestXray14DataModule(FileDataModule):
         for split, listed in names.items():
             idx = [row_of[n] for n in listed]
             out[split] = FileSplit(
-                [images[n] / n for n in listed], torch.from_numpy(labels[idx]), [patients[i] for i in idx]
+                [images[n] / n for n in listed],
+                torch.from_numpy(labels[idx]),
+                [patients[i] for i in idx],
+                {
+                    key: table[col].iloc[idx].fillna("").tolist()
+                    for col, key in SUBGROUP_COLUMNS.items()
+                    if col in table
+                },
             )
         return out
 
@@ -152,7 +166,10 @@ class NIHChestXray14DataModule(FileDataModule):
     def index_split_lists(self, split_dir: Path, images: dict[str, Path], root: Path) -> dict[str, FileSplit]:
         """MED-PEFT's lists: ``<png name> <14 labels>`` per line (the last line lacks its newline)."""
         out = {}
-        for split, (path, rows) in medpeft_lists(split_dir, self.split_train, "NIH_ChestX-ray").items():
+        meta = list_subgroups(root)
+        for split, (path, rows) in medpeft_lists(
+            split_dir, self.split_train, "NIH_ChestX-ray", self.label_fraction
+        ).items():
             bad = next((r for r in rows if len(r) != 1 + len(FINDINGS) or set(r[1:]) - {"0", "1"}), None)
             if bad is not None:
                 raise UserError(
@@ -164,5 +181,21 @@ class NIHChestXray14DataModule(FileDataModule):
                 [images[n] / n for n in names],
                 torch.as_tensor(np.asarray([r[1:] for r in rows], dtype=np.float32)),
                 [patient_of(n) for n in names],
+                {key: [values.get(n, "") for n in names] for key, values in meta.items()} or None,
             )
         return out
+
+
+def list_subgroups(root: Path) -> dict[str, dict[str, str]]:
+    """Sex and age per image name from the label file when the root holds one (the lists carry neither)."""
+    label_file = next((root / f for f in LABEL_FILES if (root / f).exists()), None)
+    if label_file is None:
+        return {}
+    table = pd.read_csv(
+        label_file, usecols=lambda c: c in {"Image Index", *SUBGROUP_COLUMNS}, index_col=False, dtype=str
+    )
+    return {
+        key: dict(zip(table["Image Index"], table[col].fillna(""), strict=True))
+        for col, key in SUBGROUP_COLUMNS.items()
+        if col in table and "Image Index" in table
+    }

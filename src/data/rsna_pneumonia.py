@@ -26,6 +26,7 @@ from src.data.base import SPLITS
 from src.data.files import FileDataModule, FileSplit, check_labels_match
 from src.data.medpeft_lists import medpeft_lists
 from src.data.splits import stratified_split
+from src.data.subgroups import dicom_subgroups
 from src.errors import UserError
 
 LABELS = "stage_2_train_labels.csv"
@@ -52,6 +53,11 @@ class RSNAPneumoniaDataModule(FileDataModule):
     ) -> None:
         super().__init__(task="binary", class_names=("no_opacity", "lung_opacity"), **kwargs)
         self.seed, self.split_dir, self.split_train = seed, split_dir, split_train
+
+    def subgroups(self, split: str) -> dict[str, list[str]]:
+        """PatientSex / PatientAge from the split's DICOM headers."""
+        self.check()
+        return dicom_subgroups(self.splits[split].paths)
 
     def index(self, root: Path) -> dict[str, FileSplit]:
         if self.split_dir is not None:
@@ -80,7 +86,9 @@ class RSNAPneumoniaDataModule(FileDataModule):
     def index_split_lists(self, split_dir: Path, root: Path) -> dict[str, FileSplit]:
         """MED-PEFT's lists: ``<dcm path relative to root> <0|1>`` per line."""
         out = {}
-        for split, (path, rows) in medpeft_lists(split_dir, self.split_train, "RSNA_Pneumonia").items():
+        for split, (path, rows) in medpeft_lists(
+            split_dir, self.split_train, "RSNA_Pneumonia", self.label_fraction
+        ).items():
             bad = next((r for r in rows if len(r) != 2 or r[1] not in ("0", "1")), None)
             if bad is not None:
                 raise UserError(f"{path}: every line should read '<dcm path> <0|1>', got {' '.join(bad)!r}.")

@@ -1,12 +1,14 @@
 """Your own images listed in a CSV file: one row per image, a path column and label column(s).
 
-    path,label[,split][,patient]            one label column: its values are the classes
+    path,label[,split][,patient][,sex,...]  one label column: its values are the classes
     path,effusion,nodule,...[,split]        several label columns: multilabel, 1 / 0 each
 
 Image paths are relative to ``dataset.root`` when it is set, else to the CSV's folder (absolute paths are
 taken as they are). With ``dataset.split_column`` its values (train / val / test) are the split; splits
 it lacks are carved from train in the proportions of ``dataset.split_fractions``, seeded and stratified,
-keeping each ``dataset.group_column`` value (a patient id) on one side.
+keeping each ``dataset.group_column`` value (a patient id) on one side. ``dataset.group_columns`` (e.g.
+``[sex, age]``) name columns of subgroup attributes: test AUROC is reported per value (a column named ``age``
+in age bands), see README "Statistics".
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class CSVDataModule(FileDataModule):
         label_columns: Sequence[str] = ("label",),
         split_column: str | None = None,
         group_column: str | None = None,
+        group_columns: Sequence[str] = (),
         class_names: Sequence[str] | None = None,
         seed: int = 42,
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
@@ -54,6 +57,7 @@ class CSVDataModule(FileDataModule):
         )
         self.csv, self.table, self.path_column, self.label_columns = csv, table, path_column, label_columns
         self.split_column, self.group_column = split_column, group_column
+        self.group_columns = [group_columns] if isinstance(group_columns, str) else list(group_columns or ())
         self.seed, self.split_fractions = seed, tuple(split_fractions)
 
     def check(self) -> None:
@@ -69,7 +73,13 @@ class CSVDataModule(FileDataModule):
             reader = csv.DictReader(f)
             rows = list(reader)
             header = reader.fieldnames or []
-        columns = [self.path_column, *self.label_columns, self.split_column, self.group_column]
+        columns = [
+            self.path_column,
+            *self.label_columns,
+            self.split_column,
+            self.group_column,
+            *self.group_columns,
+        ]
         absent = [c for c in columns if c and c not in header]
         if absent:
             raise UserError(
@@ -126,6 +136,7 @@ class CSVDataModule(FileDataModule):
             paths,
             self.targets(rows),
             [r[self.group_column] for r in rows] if self.group_column else None,
+            {c: [r[c].strip() for r in rows] for c in self.group_columns} or None,
         )
         if not self.split_column:
             return complete_splits({"train": everything}, self.split_fractions, self.seed)

@@ -7,13 +7,26 @@ MAE-format checkpoints (He et al., 2022; MED-PEFT's MRM and CXR-MAE foundation m
 fine-tuning script loads them: the decoder and the mask token are pretraining-only and dropped, and when the
 backbone pools by global average with ``fc_norm`` (timm ``global_pool=avg``) the pretraining encoder ``norm``
 is dropped too, so ``fc_norm`` starts fresh. A position embedding made for another image size is resampled.
+
+lukemelas PyTorch-Pretrained-ViT files (``B_16_imagenet1k.pth``, MeLo's 384 px NIH / INbreast backbone) are
+converted to timm's names (:mod:`src.models.lukemelas`).
+
+No silent partial loads: a checkpoint that leaves any backbone tensor at its random init is refused with the
+list of those tensors (the new head and the keys the format documents as new, MAE's ``fc_norm``, excepted;
+``backbone.allow_missing=[glob, ...]`` accepts more on purpose), and so is a checkpoint tensor that the model
+does not use but that looks like one of its own under another name (same final ``<module>.<param>`` name or
+the shape of a tensor left missing): that is a checkpoint of another naming scheme, not an extra.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import json
 import logging
 import math
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +35,12 @@ import numpy as np
 import timm
 import torch
 from safetensors.torch import load_file
-from timm.layers import resample_abs_pos_embed
+from timm.layers import resample_abs_pos_embed, trunc_normal_
 from torch import Tensor, nn
 
+from src.atomic import atomic_write
 from src.errors import UserError
+from src.models.lukemelas import is_lukemelas, lukemelas_to_timm
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +62,9 @@ class LoadReport:
     skipped_head: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     resampled: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    allowed_missing: list[str] = field(default_factory=list)
+    converted_from: str | None = None
 
     def summary(self) -> str:
         parts = [f"loaded {self.loaded} tensors from {self.path}"]
@@ -56,11 +74,52 @@ class LoadReport:
             ("old head dropped", self.skipped_head),
             ("pretraining-only (MAE decoder / mask token / norm before fc_norm) dropped", self.dropped),
             ("resampled to the image size", self.resampled),
+            ("new by the format's definition (MAE fc_norm), fresh", self.new),
+            ("left random, accepted by backbone.allow_missing", self.allowed_missing),
         ):
             if keys:
                 shown = ", ".join(keys[:8]) + (f", ... (+{len(keys) - 8})" if len(keys) > 8 else "")
                 parts.append(f"{label} ({len(keys)}): {shown}")
+        if self.converted_from:
+            parts.append(f"converted from the {self.converted_from} layout")
         return "; ".join(parts)
+
+    def write(self, out: Path) -> Path:
+        """``backbone_load.json`` in the run dir (logged to MLflow with the run's other files)."""
+        path = Path(out) / "backbone_load.json"
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps({**self.__dict__, "summary": self.summary()}, indent=2) + "\n")
+        return path
+
+    def metrics(self) -> dict[str, int]:
+        """Counts for metrics.json: how many tensors came from the file and how many stayed fresh."""
+        return {
+            "backbone/loaded_tensors": self.loaded,
+            "backbone/missing_tensors": len(self.missing) + len(self.allowed_missing) + len(self.new),
+            "backbone/unexpected_tensors": len(self.unexpected),
+        }
+
+
+# The load report of each model built by src.train.build_model, for the run dir and MLflow (weak: never keeps
+# a model alive).
+LOAD_REPORTS: weakref.WeakKeyDictionary[nn.Module, LoadReport] = weakref.WeakKeyDictionary()
+
+
+def remember_load_report(model: nn.Module, report: LoadReport | None) -> None:
+    if report is not None:
+        LOAD_REPORTS[model] = report
+
+
+def load_report_entries(model: nn.Module) -> dict[str, int]:
+    """metrics.json entries of ``model``'s backbone load (none when no checkpoint was read)."""
+    report = LOAD_REPORTS.get(model)
+    return report.metrics() if report is not None else {}
+
+
+def load_report_files(model: nn.Module, out: Path) -> list[Path]:
+    """``backbone_load.json`` written into ``out`` when ``model``'s backbone came from a checkpoint."""
+    report = LOAD_REPORTS.get(model)
+    return [report.write(out)] if report is not None else []
 
 
 def create_backbone(
@@ -70,8 +129,15 @@ def create_backbone(
     pretrained: bool = False,
     checkpoint: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    allow_missing: Sequence[str] | None = None,
+    head_init_std: float | None = None,
 ) -> tuple[nn.Module, LoadReport | None]:
-    """A timm model with a new ``num_classes`` head, optionally loaded from a local checkpoint."""
+    """A timm model with a new ``num_classes`` head, optionally loaded from a local checkpoint.
+
+    A local ``checkpoint`` wins over ``pretrained``: the hub is never contacted when a file is given (so a
+    preset that says ``pretrained: true`` runs offline with ``backbone.checkpoint=PATH``)."""
+    if checkpoint:
+        pretrained = False
     kwargs = dict(model_kwargs or {})
     if img_size is not None:
         kwargs["img_size"] = img_size
@@ -91,8 +157,24 @@ def create_backbone(
             ) from None
         raise
     check_patch_size(model, img_size)
-    report = load_checkpoint(model, checkpoint) if checkpoint else None
+    report = load_checkpoint(model, checkpoint, allow_missing) if checkpoint else None
+    if head_init_std is not None:
+        init_head(model, float(head_init_std))
     return model, report
+
+
+def init_head(model: nn.Module, std: float) -> None:
+    """The new head as MAE fine-tuning (and MED-PEFT) starts it: weight trunc-normal with ``std`` (2e-5
+    there; He et al., 2022, main_finetune.py), bias zero (timm's ViT head bias init)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Linear):
+        raise UserError(
+            f"backbone.head_init_std={std} needs a Linear classifier head; this model has {head}."
+        )
+    with torch.no_grad():
+        trunc_normal_(head.weight, std=std)
+        if head.bias is not None:
+            head.bias.zero_()
 
 
 def check_patch_size(model: nn.Module, img_size: int | None) -> None:
@@ -160,12 +242,20 @@ def unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
     return state
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
-    """Load local weights into ``model`` (head excluded when its shape differs) and report the key diff."""
+def load_checkpoint(
+    model: nn.Module, path: str | Path, allow_missing: Sequence[str] | None = None
+) -> LoadReport:
+    """Load local weights into ``model`` (head excluded when its shape differs) and report the key diff.
+
+    Raises a :class:`UserError` when a backbone tensor would stay randomly initialised (unless one of the
+    ``allow_missing`` globs matches it) or when the file holds tensors that look like the model's own under
+    other names (see the module docstring)."""
     state = read_state_dict(path)
     own = model.state_dict()
     head_prefixes = head_parameter_prefixes(model)
     report = LoadReport(path=str(path))
+    if is_lukemelas(state):
+        state, report.converted_from = lukemelas_to_timm(state), "lukemelas PyTorch-Pretrained-ViT"
     state, report.dropped = drop_pretraining_only(state, model)
     state, report.resampled = resample_position_embedding(state, model)
     usable: dict[str, Tensor] = {}
@@ -180,7 +270,14 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
         else:
             usable[key] = value
     result = model.load_state_dict(usable, strict=False)
-    report.missing = [k for k in result.missing_keys if not k.startswith(head_prefixes)]
+    missing = [k for k in result.missing_keys if not k.startswith(head_prefixes)]
+    new = documented_new(model, state)
+    patterns = list(allow_missing or [])
+    report.new = [k for k in missing if k in new]
+    report.allowed_missing = [
+        k for k in missing if k not in new and any(fnmatch.fnmatchcase(k, p) for p in patterns)
+    ]
+    report.missing = [k for k in missing if k not in new and k not in report.allowed_missing]
     report.unexpected = list(result.unexpected_keys)
     report.loaded = len(usable) - len(report.unexpected)
     if report.loaded == 0:
@@ -188,8 +285,56 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
             f"{path} shares no tensor names with backbone {type(model).__name__}; is it a checkpoint of "
             f"this architecture? First keys: {', '.join(list(state)[:5])}."
         )
-    log.info(report.summary())
+    check_complete(report, own, state)
+    log.info("backbone checkpoint: %s", report.summary())
     return report
+
+
+def documented_new(model: nn.Module, state: dict[str, Tensor]) -> set[str]:
+    """Keys a checkpoint format defines as fresh: MAE fine-tuning's ``fc_norm`` (He et al., 2022, models_vit:
+    global pooling builds a new norm after the pool) when the file carries none."""
+    own = model.state_dict()
+    if "fc_norm.weight" in own and "norm.weight" not in own and "fc_norm.weight" not in state:
+        return {"fc_norm.weight", "fc_norm.bias"}
+    return set()
+
+
+def check_complete(report: LoadReport, own: dict[str, Tensor], state: dict[str, Tensor]) -> None:
+    """Refuse a partial load: backbone tensors left random, or file tensors the model would silently ignore
+    although they look like its own (renamed), which is the same failure seen from the other side."""
+    suffixes = {".".join(k.split(".")[-2:]) for k in own}
+    missing_shapes = {tuple(own[k].shape) for k in report.missing}
+    renamed = [
+        k
+        for k in report.unexpected
+        if ".".join(k.split(".")[-2:]) in suffixes or tuple(state[k].shape) in missing_shapes
+    ]
+    if not report.missing and not renamed:
+        return
+
+    def show(keys: list[str]) -> str:
+        return ", ".join(keys[:10]) + (f", ... (+{len(keys) - 10})" if len(keys) > 10 else "")
+
+    problems = []
+    if report.missing:
+        problems.append(
+            f"{len(report.missing)} backbone tensors would stay randomly initialised: {show(report.missing)}"
+        )
+    if renamed:
+        problems.append(
+            f"{len(renamed)} tensors of the file look like the backbone's under other names and would be "
+            f"ignored: {show(renamed)}"
+        )
+    fix = (
+        "rename the file's tensors to the model's (timm) names"
+        if renamed
+        else "accept fresh tensors on purpose with backbone.allow_missing=['<glob>', ...] (e.g. ['blocks.11.*'])"
+    )
+    raise UserError(
+        f"{report.path} does not fit this backbone ({report.loaded} tensors loaded); "
+        + "; ".join(problems)
+        + f". Use the checkpoint of this architecture, or {fix}."
+    )
 
 
 def drop_pretraining_only(state: dict[str, Tensor], model: nn.Module) -> tuple[dict[str, Tensor], list[str]]:

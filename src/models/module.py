@@ -2,7 +2,9 @@
 
 It knows nothing of PEFT strategies: whatever parameters the strategy left trainable are optimised.
 Val and test metrics (loss included) are computed once per epoch over every sample exactly once, in dataset
-order, also under DDP (:mod:`src.distributed`); the test split's scores and targets are kept for the figures.
+order, also under DDP (:mod:`src.distributed`); the val and test splits' scores and targets are kept for the
+run's figures and statistics (src.stats: the operating point is chosen on val, judged on test).
+Checkpoints leave the frozen weights out and record how to rebuild them (:mod:`src.lean_checkpoint`).
 """
 
 from __future__ import annotations
@@ -14,17 +16,28 @@ import torch
 from torch import Tensor, nn
 
 from src.distributed import gather_in_dataset_order
+from src.lean_checkpoint import make_lean, restore_frozen
 from src.lr_schedule import start_schedule, warmup_cosine_scheduler
 from src.optim import build_optimizer
 from src.tasks import Task
 
 
 class ClassificationModule(L.LightningModule):
-    """Trains ``model`` (images -> logits) on ``task``; picks no weights itself."""
+    """Trains ``model`` (images -> logits) on ``task``; picks no weights itself.
 
-    def __init__(self, model: nn.Module, task: Task, optim: dict[str, Any]) -> None:
+    ``backbone_config``: the resolved backbone config, recorded in checkpoints as the source of the frozen weights.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        optim: dict[str, Any],
+        backbone_config: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
+        self.backbone_config = backbone_config
         self.task = task
         self.optim = dict(optim)
         self.save_hyperparameters({"task": task.type, "class_names": list(task.class_names), "optim": optim})
@@ -35,8 +48,9 @@ class ClassificationModule(L.LightningModule):
                 # the other ranks' copies (and DistributedSampler's padding) again.
                 metric.sync_on_compute = metric._to_sync = False
         self._outputs: list[tuple[Tensor, Tensor]] = []  # this epoch's (logits, target) of this process
-        # (scores, metric target) of the last test run, every test sample once, in dataset order.
+        # (scores, metric target) of the last val / test run, every sample once, in dataset order.
         self.test_predictions: tuple[Tensor, Tensor] | None = None
+        self.val_predictions: tuple[Tensor, Tensor] | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
@@ -80,8 +94,7 @@ class ClassificationModule(L.LightningModule):
         for name, value in values.items():
             # The same number on every rank; sync_dist only keeps Lightning's DDP bookkeeping consistent.
             self.log(name, value, prog_bar=name == f"{stage}/auroc", sync_dist=True)
-        if stage == "test":
-            self.test_predictions = (scores.float().cpu(), metric_target.cpu())
+        setattr(self, f"{stage}_predictions", (scores.float().cpu(), metric_target.cpu()))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch)
@@ -118,3 +131,9 @@ class ClassificationModule(L.LightningModule):
         optimizer = build_optimizer(self.model, **cfg)
         scheduler = warmup_cosine_scheduler(optimizer, min_lr, warmup, warmup_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        make_lean(self, checkpoint, self.backbone_config)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_frozen(self, checkpoint, backbone=self.backbone_config)
