@@ -77,7 +77,7 @@ def entry_dirs(folder: Path) -> list[str]:
 def test_two_jobs_building_the_same_entry_at_once_build_it_once(tmp_path: Path) -> None:
     paths = sorted((make_shenzhen(tmp_path / "sz", n=24) / "CXR_png").iterdir())
     args = (paths, 32, tmp_path / "cache", "sz_cxr", "train", 0, False)
-    with mp.get_context("fork").Pool(2) as pool:
+    with mp.get_context("spawn").Pool(2) as pool:  # fresh processes, as two jobs are
         got = pool.map(build, [args, args])
     assert got[0][0] == got[1][0]
     assert sorted(built for _, built in got) == [False, True]  # one built it, the other waited and mapped it
@@ -98,7 +98,7 @@ def test_an_entry_in_use_by_another_job_is_never_removed(tmp_path: Path) -> None
     args = (paths, 32, tmp_path / "cache", "sz_cxr", "train", 0, False)
     old, _ = build(args)  # this process maps it (and keeps it locked while it runs)
     Image.fromarray(np.full((40, 40), 9, dtype=np.uint8)).save(paths[0])  # a source changed: new version
-    with mp.get_context("fork").Pool(1) as pool:  # another job
+    with mp.get_context("spawn").Pool(1) as pool:  # another job
         ((new, built),) = pool.map(build, [args])
     assert built and new != old
     folder = tmp_path / "cache" / "sz_cxr"
