@@ -7,7 +7,8 @@ Run dirs are timestamped, so the same command started again would get a new one.
   ``.hydra/overrides.yaml`` holds the same overrides (``resume=`` and ``hydra.*`` aside), i.e. the same
   command line in any order;
 * ``resume=RUN_DIR``: that run, with the overrides it was started with; overrides given now are added after
-  them (e.g. ``trainer.max_epochs=20`` to train longer).
+  them (e.g. ``trainer.max_epochs=20`` to train a finished run longer: the lr cosine continues from where it
+  stood to the new end, see :mod:`src.lr_schedule`; the finished run's metrics.json is kept aside).
 
 Training then restarts from ``checkpoints/last.ckpt`` and keeps logging to the same MLflow run, whose id the
 first start wrote to ``mlflow_run_id.txt``.
@@ -23,7 +24,6 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf
 
-from src.checkpoint_io import remove_partial_writes
 from src.config import PROJECT_ROOT
 from src.errors import UserError
 from src.tracking.mlflow_logger import MLflowLogger
@@ -75,14 +75,19 @@ def find_run(args: Sequence[str], config_name: str = "train") -> Path:
     return max(matching, key=lambda d: (d / ".hydra" / "overrides.yaml").stat().st_mtime)
 
 
-def check_resumable(run_dir: Path) -> Path:
-    """``run_dir/checkpoints/last.ckpt``, or a clear error saying why this run cannot be resumed."""
+LENGTH_KEYS = ("trainer.max_epochs", "trainer.max_steps")
+
+
+def check_resumable(run_dir: Path, extending: bool = False) -> Path:
+    """``run_dir/checkpoints/last.ckpt``, or a clear error saying why this run cannot be resumed. A finished
+    run (metrics.json) continues only when ``extending`` it (a new trainer.max_epochs / max_steps)."""
     if not run_dir.is_dir():
         raise UserError(f"resume={run_dir}: no such run dir.")
-    if (run_dir / "metrics.json").is_file():
+    if (run_dir / "metrics.json").is_file() and not extending:
         raise UserError(
             f"resume: the run in {run_dir} already finished (it has metrics.json); nothing to resume. "
-            "Start a new run without resume, or re-test it with python -m src.eval run_dir=..."
+            f"To train it longer: resume={run_dir} trainer.max_epochs=N (the lr cosine continues to the new "
+            "end). Or start a new run without resume, or re-test it with python -m src.eval run_dir=..."
         )
     ckpt = run_dir / LAST
     if not ckpt.is_file():
@@ -107,10 +112,12 @@ def resume_argv(args: Sequence[str], config_name: str = "train") -> list[str]:
         before: list[str] = []
     else:
         run_dir = Path(value).expanduser().resolve()
-        check_resumable(run_dir)
+        extending = any(a.startswith(tuple(f"{k}=" for k in LENGTH_KEYS)) for a in rest)
+        check_resumable(run_dir, extending)
         before = [o for o in _saved_overrides(run_dir) or [] if not o.startswith(("resume=", "+resume="))]
         given_keys = {a.split("=", 1)[0] for a in _task_overrides(rest)}
         before = [o for o in before if o.split("=", 1)[0] not in given_keys]
+        return [*before, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
     check_resumable(run_dir)
     log.info("resuming %s", run_dir)
     return [*before, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
@@ -122,9 +129,18 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
     if value is None or value is False or str(value).lower() in OFF:
         return None
     run_dir = Path(cfg.paths.output_dir) if value is True else Path(str(value))
-    ckpt = check_resumable(run_dir)
-    remove_partial_writes(ckpt.parent)
-    return ckpt
+    saved = run_dir / "config.yaml"
+    extending = saved.is_file() and [OmegaConf.select(OmegaConf.load(saved), k) for k in LENGTH_KEYS] != [
+        OmegaConf.select(cfg, k) for k in LENGTH_KEYS
+    ]
+    return check_resumable(run_dir, extending)
+
+
+def set_aside_results(run_dir: Path, step: int | None) -> None:
+    """Extending a finished run: its metrics.json becomes metrics.until_step<N>.json (kept, not replaced)."""
+    done = run_dir / "metrics.json"
+    if done.is_file():
+        done.rename(done.with_name(f"metrics.until_step{step}.json"))
 
 
 def read_run_id(run_dir: Path) -> str | None:

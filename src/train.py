@@ -1,8 +1,8 @@
 """Train one model: ``python -m src.train [group=option ...] [key=value ...]``.
 
-Builds the dataset, a timm backbone with a new head, applies the chosen PEFT strategy, trains with Lightning,
-tests the best checkpoint, then writes ``adapter.safetensors``, ``metrics.json`` and ``config.yaml`` into the
-run dir and logs them to MLflow.
+Builds the dataset, a timm backbone with a new head, applies the chosen PEFT strategy, trains with Lightning
+(one process or DDP), tests the best checkpoint, then (rank 0) writes ``adapter.safetensors``,
+``metrics.json`` and ``config.yaml`` into the run dir and logs them to MLflow.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ if __name__ == "__main__":  # config errors in a second, before the heavy import
 import json
 import logging
 import sys
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -30,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from src.adapter import class_names_json, save_adapter
-from src.checkpoint_io import read_checkpoint
+from src.callbacks.prepare import StrategyPrepare
+from src.checkpoint_io import read_checkpoint, remove_partial_writes
 from src.config import PROJECT_ROOT, instantiate_user, validate_config
 from src.data.base import ClassificationDataModule
 from src.data.protocol_dataset import decoding_metadata
@@ -51,6 +53,7 @@ from src.resume import (
     reopen_run,
     resume_argv,
     resume_checkpoint,
+    set_aside_results,
     write_run_id,
 )
 from src.stats.run import loggable, run_statistics, stats_options, write_splits
@@ -103,36 +106,53 @@ def adapter_metadata(cfg: DictConfig, strategy: Strategy, task: Task, color: str
     }
 
 
-def build_trainer(cfg: DictConfig, run_id: str | None = None) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, run_id: str | None = None, extra_callbacks: list[L.Callback] | None = None
+) -> L.Trainer:
     """``run_id``: an MLflow run to keep logging to (resume)."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     logger = instantiate(cfg.logger, **({"run_id": run_id} if run_id else {})) if cfg.get("logger") else False
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    return instantiate(cfg.trainer, callbacks=[*callbacks, *(extra_callbacks or [])], logger=logger)
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:
-    ckpt = trainer.checkpoint_callback
+    ckpt = trainer.checkpoint_callback  # the first ModelCheckpoint: the best-by-val/auroc one
     if trainer.fast_dev_run or not isinstance(ckpt, ModelCheckpoint) or not ckpt.best_model_path:
         return None
     return ckpt.best_model_path
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job from a composed config; returns the metrics written to metrics.json."""
-    return fit(cfg)[0]
+@dataclass
+class Run:
+    """Everything one training job is made of; every DDP process builds its own."""
+
+    cfg: DictConfig
+    out: Path
+    datamodule: ClassificationDataModule
+    task: Task
+    model: nn.Module
+    strategy: Strategy
+    module: ClassificationModule
+    trainer: L.Trainer
+    resume: Path | None  # the checkpoint this run continues from
+    resume_step: int | None
+    trainable: int
+    total: int
+
+    @property
+    def mlflow(self) -> MLflowLogger | None:
+        return self.trainer.logger if isinstance(self.trainer.logger, MLflowLogger) else None
 
 
-def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
-    """As :func:`train`, also returning the model (with the best checkpoint's weights loaded)."""
+def build(cfg: DictConfig) -> Run:
+    """Data, model, strategy, module and trainer; no side effect beyond the process."""
     validate_config(cfg)
     stats_options(cfg)  # a bad stats.* / task.operating_point fails now, not after training
     cfg = check_tracking(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
     datamodule: ClassificationDataModule = instantiate_user(cfg.dataset)
     datamodule.check()
+    datamodule.shuffle_seed = cfg.seed
     task = Task(
         datamodule.task_type,
         datamodule.class_names,
@@ -140,39 +160,54 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
         OmegaConf.select(cfg, "task.binary_head", default="softmax"),
     )
     model, strategy = build_model(cfg, task)
-    resume = resume_checkpoint(cfg)
-    if resume is None:  # a resumed run takes whatever prepare would set (e.g. sparse indices) from last.ckpt
-        datamodule.setup("fit")
-        device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
-        strategy.prepare(model, datamodule.train_dataloader(), task.loss, device)
     trainable, total = count_parameters(model)
     log.info(
         "trainable parameters: %s / %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
     )
-
     module = ClassificationModule(
         model, task, OmegaConf.to_container(cfg.optim, resolve=True), backbone_config(cfg)
     )
-    if resume is not None:
+    resume, step, extra = resume_checkpoint(cfg), None, []
+    if resume is None:
+        # The strategy looks at the batches one process would see (a resumed run has its result in last.ckpt).
+        batches = partial(datamodule.train_dataloader, single_process=True)
+        extra.append(StrategyPrepare(strategy, batches, task.loss))
+    else:
         step = read_checkpoint(resume, module).get("global_step")
         log.info("resuming from %s (step %s)", resume, step)
-    trainer = build_trainer(cfg, run_id=read_run_id(resume.parents[1]) if resume else None)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    run_logger = trainer.logger
-    if resume is not None and isinstance(run_logger, MLflowLogger):
-        reopen_run(run_logger, step)
-    elif resume is not None:
-        keep_csv_log(run_logger, step)
-    elif run_logger is not None:
-        run_logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        if isinstance(run_logger, MLflowLogger):
-            write_run_id(out, run_logger.run_id)
+    trainer = build_trainer(cfg, read_run_id(resume.parents[1]) if resume else None, extra)
+    out = Path(cfg.paths.output_dir)
+    return Run(cfg, out, datamodule, task, model, strategy, module, trainer, resume, step, trainable, total)
 
+
+def prepare(run: Run) -> None:
+    """Rank 0: the run dir, config.yaml, and the MLflow run (new, or reopened on resume)."""
+    if not run.trainer.is_global_zero:
+        return
+    run.out.mkdir(parents=True, exist_ok=True)
+    if run.resume is not None:
+        remove_partial_writes(run.resume.parent)
+        set_aside_results(run.out, run.resume_step)
+    (run.out / "config.yaml").write_text(OmegaConf.to_yaml(run.cfg, resolve=True))
+    logger = run.trainer.logger
+    if run.resume is not None and run.mlflow is not None:
+        reopen_run(run.mlflow, run.resume_step)
+    elif run.resume is not None:
+        keep_csv_log(logger, run.resume_step)
+    elif logger is not None:
+        logger.log_hyperparams(OmegaConf.to_container(run.cfg, resolve=True))
+        if run.mlflow is not None:
+            write_run_id(run.out, run.mlflow.run_id)
+
+
+def train_and_test(run: Run) -> dict[str, float]:
+    """Every process: fit, re-validate the best checkpoint, test it; the scores every process agrees on."""
+    trainer, module, datamodule = run.trainer, run.module, run.datamodule
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=run.resume, weights_only=True)
     except SIGTERMException:
-        if isinstance(run_logger, MLflowLogger):
-            run_logger.experiment.set_terminated(run_logger.run_id, "KILLED")
+        if run.mlflow is not None and trainer.is_global_zero:
+            run.mlflow.experiment.set_terminated(run.mlflow.run_id, "KILLED")
         raise Preempted(
             f"stopped by SIGTERM at step {trainer.global_step}; continue with resume=true"
         ) from None
@@ -181,11 +216,15 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     scores = trainer.validate(
         module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True
     )[0]
-    if cfg.test:
+    if run.cfg.test:
         scores |= trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)[0]
-    if not trainer.is_global_zero:  # DDP: every process runs this function; rank 0 writes and logs
-        return {k: float(v) for k, v in scores.items()}, model
+    return {k: float(v) for k, v in scores.items()}
 
+
+def finalise(run: Run, scores: dict[str, float]) -> dict[str, Any]:
+    """Rank 0: figures, splits, statistics, adapter, metrics.json, MLflow artifacts; returns the metrics."""
+    cfg, out, model, strategy, task = run.cfg, run.out, run.model, run.strategy, run.task
+    datamodule, module = run.datamodule, run.module
     extras, files = datamodule.report(out)
     extras, files = {**extras, **load_report_entries(model)}, [*files, *load_report_files(model, out)]
     strategy_extras, strategy_files = strategy.report(model, out)
@@ -201,32 +240,53 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     adapter_path = out / "adapter.safetensors"
     metadata = adapter_metadata(cfg, strategy, task, datamodule.color) | decoding_metadata(datamodule)
     adapter_bytes = save_adapter(model, adapter_path, metadata)
+    trainable, total = run.trainable, run.total
     metrics: dict[str, Any] = {
         **stats,  # before the logged scores: where both hold a key, the value Lightning logged stands
-        **{k: float(v) for k, v in scores.items()},
+        **scores,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": 100 * trainable / total,
         "adapter_bytes": adapter_bytes,
         "adapter_path": str(adapter_path),
-        "best_checkpoint": best,
+        "best_checkpoint": best_checkpoint(run.trainer),
         "run_dir": str(out),
-        "mlflow_run_id": run_logger.run_id if isinstance(run_logger, MLflowLogger) else None,
+        "mlflow_run_id": run.mlflow.run_id if run.mlflow is not None else None,
         **extras,
     }
     write_json(out / "metrics.json", metrics)
-    if isinstance(run_logger, MLflowLogger):
-        run_logger.log_metrics(
+    if run.mlflow is not None:
+        run.mlflow.log_metrics(
             {k: metrics[k] for k in ("trainable_params", "trainable_pct", "adapter_bytes")}
             | loggable({k: v for k, v in stats.items() if k not in scores})
         )
-        run_logger.log_files([adapter_path, out / "metrics.json", out / "config.yaml", *files])
-        run_logger.log_files(split_files, "splits")
-        run_logger.log_datasets(
+        run.mlflow.log_files([adapter_path, out / "metrics.json", out / "config.yaml", *files])
+        run.mlflow.log_files(split_files, "splits")
+        run.mlflow.log_datasets(
             datamodule.datasets, datamodule.name, OmegaConf.to_container(cfg.dataset, resolve=True)
         )
     print(format_summary(metrics), flush=True)
-    return metrics, model
+    return metrics
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job from a composed config; returns the metrics written to metrics.json."""
+    return fit(cfg)[0]
+
+
+def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
+    """As :func:`train`, also returning the model (with the best checkpoint's weights loaded).
+
+    build -> prepare -> train_and_test -> finalise (the shape of lightning-hydra-template): every DDP
+    process builds and trains; only rank 0 writes the run dir and logs to MLflow. Other ranks return the
+    scores (the same numbers as rank 0's).
+    """
+    run = build(cfg)
+    prepare(run)
+    scores = train_and_test(run)
+    if not run.trainer.is_global_zero:
+        return scores, run.model
+    return finalise(run, scores), run.model
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")

@@ -65,26 +65,47 @@ def test_cache_is_built_once_reused_and_rebuilt_when_a_source_changes(tmp_path: 
     assert [p for p, _ in snapshot(root)] == [p for p, _ in before]  # nothing written into the source
 
 
-def build(args: tuple) -> str:
-    return str(build_or_load(*args).images)
+def build(args: tuple) -> tuple[str, bool]:
+    entry = build_or_load(*args)
+    return str(entry.images), entry.built
 
 
-def test_two_jobs_building_the_same_entry_at_once_both_get_it(tmp_path: Path) -> None:
+def entry_dirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
+def test_two_jobs_building_the_same_entry_at_once_build_it_once(tmp_path: Path) -> None:
     paths = sorted((make_shenzhen(tmp_path / "sz", n=24) / "CXR_png").iterdir())
     args = (paths, 32, tmp_path / "cache", "sz_cxr", "train", 0, False)
-    with mp.get_context("fork").Pool(2) as pool:
+    with mp.get_context("spawn").Pool(2) as pool:  # fresh processes, as two jobs are
         got = pool.map(build, [args, args])
-    assert got[0] == got[1]
-    assert [p.name for p in (tmp_path / "cache" / "sz_cxr").iterdir()] == [Path(got[0]).parent.name]
-    cached = np.load(got[0], mmap_mode="r")
+    assert got[0][0] == got[1][0]
+    assert sorted(built for _, built in got) == [False, True]  # one built it, the other waited and mapped it
+    assert entry_dirs(tmp_path / "cache" / "sz_cxr") == [Path(got[0][0]).parent.name]
+    cached = np.load(got[0][0], mmap_mode="r")
     assert all(np.array_equal(cached[i], read_image(p, 32).numpy()) for i, p in enumerate(paths))
 
     # The job that finishes second finds the entry in place: it drops its own copy without an error.
-    final = Path(got[0]).parent
+    final = Path(got[0][0]).parent
     stamp = final.stat().st_mtime_ns
     _build(paths, 32, final, 0, False, "again")
-    assert final.stat().st_mtime_ns == stamp and len(list(final.parent.iterdir())) == 1
+    assert final.stat().st_mtime_ns == stamp and len(entry_dirs(final.parent)) == 1
     assert entry_name(paths, "train", 32)[1] == final.name
+
+
+def test_an_entry_in_use_by_another_job_is_never_removed(tmp_path: Path) -> None:
+    paths = sorted((make_shenzhen(tmp_path / "sz", n=8) / "CXR_png").iterdir())
+    args = (paths, 32, tmp_path / "cache", "sz_cxr", "train", 0, False)
+    old, _ = build(args)  # this process maps it (and keeps it locked while it runs)
+    Image.fromarray(np.full((40, 40), 9, dtype=np.uint8)).save(paths[0])  # a source changed: new version
+    with mp.get_context("spawn").Pool(1) as pool:  # another job
+        ((new, built),) = pool.map(build, [args])
+    assert built and new != old
+    folder = tmp_path / "cache" / "sz_cxr"
+    assert entry_dirs(folder) == sorted([Path(old).parent.name, Path(new).parent.name])  # old kept: in use
+    assert np.load(old, mmap_mode="r").shape == (8, 32, 32)
+    # Once no job holds it, the next one that finds it stale removes it.
+    assert build(args) == (new, False) and entry_dirs(folder) == [Path(new).parent.name]
 
 
 def corrupt(root: Path) -> Path:

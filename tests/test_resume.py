@@ -4,6 +4,7 @@ plus resume=true ends with exactly the metrics of an uninterrupted run, in the s
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -25,7 +26,6 @@ RUN = [
     "dataset.batch_size=16",
     "trainer.max_epochs=2",
 ]
-EPOCH_ENDS = "callbacks.last_checkpoint.every_n_train_steps=0"  # last.ckpt at epoch ends (and SIGTERM) only
 
 
 def kill_at(step: int, marker: Path, sig: str = "SIGKILL") -> list[str]:
@@ -47,14 +47,18 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
     return {**scores(metrics), "best": Path(metrics["best_checkpoint"]).name}
 
 
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Path, uninterrupted) -> None:
-    # Killed in epoch 1's second batch; last.ckpt is from the end of epoch 0 (step 3), after its validation.
-    command = [*RUN, EPOCH_ENDS, "logger=csv", f"paths.log_dir={tmp_path}", *kill_at(5, tmp_path / "killed")]
+def test_sigkill_mid_epoch_with_workers_then_resume_equals_an_uninterrupted_run(
+    tmp_path: Path, uninterrupted
+) -> None:
+    # Two loader worker processes (the reference ran with none: augmentation is a function of the sample,
+    # not of the worker). Killed in epoch 1's third batch; last.ckpt is from step 4, mid-epoch.
+    command = [*RUN, "dataset.num_workers=2", "callbacks.last_checkpoint.every_n_train_steps=2"]
+    command += ["logger=csv", f"paths.log_dir={tmp_path}", *kill_at(5, tmp_path / "killed")]
     killed = run_cli(*command)
     assert killed.returncode == -9, killed.stderr[-2000:]
     (run_dir,) = (tmp_path / "train" / "runs").iterdir()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "metrics.json").exists()
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
 
     resumed = run_cli(*command, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -68,7 +72,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Pat
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("best_*")) == [uninterrupted["best"]]
 
     # Lightning's CSVLogger would delete the killed run's log: it is kept beside the continuation's.
-    before = (run_dir / "csv" / "metrics.until_step3.csv").read_text()
+    before = (run_dir / "csv" / "metrics.until_step4.csv").read_text()
     after = (run_dir / "csv" / "metrics.csv").read_text()
     assert before.splitlines()[1].startswith("0,2,") and "test/auroc" in after.splitlines()[0]
     assert not list(run_dir.rglob(".*.tmp"))
@@ -149,3 +153,31 @@ def test_nothing_to_resume_is_one_clear_line(setup: str, message: str, tmp_path:
     with pytest.raises(SystemExit) as exit_info:
         cli()
     assert str(exit_info.value.code).startswith("error: ") and "\n" not in str(exit_info.value.code)
+
+
+def test_extending_a_finished_run_stretches_the_lr_cosine_to_the_new_end(tmp_path: Path) -> None:
+    one = [*RUN, "trainer.max_epochs=1", "logger=csv", "optim.warmup_fraction=0", "optim.min_lr=0"]
+    one.append("trainer.log_every_n_steps=1")
+    first = train(compose_train(one, tmp_path))
+    run_dir = Path(first["run_dir"])
+    again = ["trainer.max_epochs=2", f"resume={run_dir}"]
+    with pytest.raises(
+        UserError, match=r"already finished.*To train it longer"
+    ):  # same length: nothing to do
+        resume_argv([f"resume={run_dir}"])
+    assert resume_argv([f"resume={run_dir}", "trainer.max_epochs=2"])[-1] == f"hydra.run.dir={run_dir}"
+
+    cfg = compose_train([*one, *again], tmp_path)
+    metrics = train(cfg)
+    assert json.loads((run_dir / "metrics.until_step3.json").read_text())["run_dir"] == str(run_dir)
+    assert metrics["trainable_params"] == first["trainable_params"]
+    rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    lrs = {
+        int(r[header.index("step")]): float(r[header.index("train/lr")])
+        for r in (row.split(",") for row in rows[1:])
+        if r[header.index("train/lr")]
+    }
+    base = cfg.optim.lr
+    # Steps 3..5 of a 6-step cosine (no warm-up, min_lr 0), not a restart from the base lr at step 3.
+    assert lrs == pytest.approx({s: base * 0.5 * (1 + math.cos(math.pi * s / 6)) for s in range(3, 6)})

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from src.data.resumable import ResumableLoader
+from src.data.sampling import train_loader
 
 SPLITS = ("train", "val", "test")
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -57,6 +57,9 @@ class ClassificationDataModule(L.LightningDataModule):
         # that src.predict reads images the same way.
         self.color = "gray"
         self.datasets: dict[str, Dataset] = {}
+        # The order and augmentation of training samples are functions of (this seed, epoch, sample); the
+        # training entry point sets it to the run's ``seed``.
+        self.shuffle_seed = 0
 
     @abstractmethod
     def build_split(self, split: str) -> Dataset:
@@ -94,10 +97,8 @@ class ClassificationDataModule(L.LightningDataModule):
             if split not in self.datasets:
                 self.datasets[split] = self.build_split(split)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        # Shuffled (training) loaders record their position in checkpoints, so resume=true continues mid-epoch.
-        loader = ResumableLoader if shuffle else DataLoader
-        return loader(
+    def _loader(self, split: str) -> DataLoader:
+        return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
             num_workers=self.num_workers,
@@ -105,11 +106,22 @@ class ClassificationDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self, single_process: bool = False) -> DataLoader:
+        """Shuffled, seeded, resumable mid-epoch (:mod:`src.data.sampling`); under DDP this process's shard,
+        unless ``single_process`` (the order one process would see, e.g. for a strategy's prepare pass)."""
+        trainer = None if single_process else self.trainer
+        return train_loader(
+            self.datasets["train"],
+            self.batch_size,
+            self.num_workers,
+            self.shuffle_seed,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

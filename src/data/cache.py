@@ -4,12 +4,19 @@ array in a memory-mappable ``.npy`` file, so large radiographs are not decoded e
 An entry is a folder ``<cache_dir>/<dataset>/<split>_<size>px_<color>_<files>_<stamp>/`` holding
 ``images.npy`` ((N, size, size) for ``gray``, (N, size, size, 3) for ``rgb``) and ``meta.json``: ``<files>`` hashes the ordered list of source paths, ``<stamp>`` their
 sizes and modification times. A changed source file gives a new stamp, so the entry is rebuilt and the
-stale one removed. Entries are built in a temp folder and renamed into place, so two jobs of a sweep that
-build the same entry at once both finish with a complete one. Nothing is written next to the sources.
+stale one removed. Nothing is written next to the sources.
+
+One build per entry, whatever the number of processes: every DDP rank and every job of a sweep takes the
+entry's lock file (``<name>.lock`` beside it) before looking for it; the first builds it (in a temp folder
+renamed into place), the others wait and then map it. A process keeps a shared lock on each entry it maps
+for as long as it runs, and a stale entry is removed only if nobody holds one (an entry in use by another
+job is left for a later run to remove). Locks are ``fcntl.flock`` locks: shared and exclusive, released by
+the kernel when a process dies (the ``filelock`` package has exclusive locks only).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -131,6 +138,37 @@ class CacheEntry:
     built: bool
 
 
+# Lock files of the entries this process maps, held open (shared) until it exits.
+_IN_USE: dict[Path, int] = {}
+
+
+def _lock(path: Path, mode: int) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _remove_stale(folder: Path, prefix: str, keep: str) -> None:
+    for stale in folder.glob(f"{prefix}_*"):
+        if stale.name == keep or not stale.is_dir():
+            continue
+        if (own := _IN_USE.pop(folder / f"{stale.name}.lock", None)) is not None:
+            os.close(own)  # this process moved on to the new version (its old maps stay readable)
+        try:
+            fd = _lock(folder / f"{stale.name}.lock", fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("cache entry %s is in use by another job; left in place", stale)
+            continue
+        try:
+            shutil.rmtree(stale, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
 def build_or_load(
     paths: Sequence[Path],
     size: int,
@@ -143,20 +181,29 @@ def build_or_load(
     frames: str = "error",
     decode: Decode = DEFAULT_DECODE,
 ) -> CacheEntry:
-    """The cache entry of ``paths`` at ``size`` in ``color`` mode: reused when current, else built (and
-    stale ones removed)."""
+    """The cache entry of ``paths`` at ``size`` in ``color`` mode: reused when current, else built once
+    across processes (stale versions removed when unused). The entry stays locked (shared) while this
+    process lives, so no other job removes it."""
     folder = Path(cache_dir).expanduser() / dataset
+    folder.mkdir(parents=True, exist_ok=True)
     prefix, name = entry_name(paths, split, size, color, frames, decode)
-    final = folder / name
-    if not (final / "meta.json").exists():
-        desc = f"caching {dataset}/{split} at {size}px {color}"
-        _build(paths, size, final, num_workers, skip_bad, desc, color, frames, decode)
-        for stale in folder.glob(f"{prefix}_*"):
-            if stale.name != name:
-                shutil.rmtree(stale, ignore_errors=True)
-        built = True
-    else:
-        built = False
+    final, lock = folder / name, folder / f"{name}.lock"
+    built = False
+    if lock not in _IN_USE:
+        try:
+            fd = _lock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)  # the usual case: built before, only map it
+        except BlockingIOError:
+            log.info("waiting for another process building %s", final)
+            fd = _lock(lock, fcntl.LOCK_SH)
+        if not (final / "meta.json").exists():
+            fcntl.flock(fd, fcntl.LOCK_EX)  # one builder; whoever gets it second finds the entry built
+            if not (final / "meta.json").exists():
+                desc = f"caching {dataset}/{split} at {size}px {color}"
+                _build(paths, size, final, num_workers, skip_bad, desc, color, frames, decode)
+                built = True
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        _IN_USE[lock] = fd
+        _remove_stale(folder, prefix, name)
     meta = json.loads((final / "meta.json").read_text())
     bad = [(int(i), str(msg)) for i, msg in meta["bad"]]
     if bad and not skip_bad:

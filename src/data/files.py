@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from src.atomic import atomic_write
 from src.data.base import SPLITS, ClassificationDataModule
-from src.data.cache import CachedImageDataset, build_or_load, decode_all
+from src.data.cache import CachedImageDataset, CacheEntry, build_or_load, decode_all
 from src.data.dicom import check_frame_policy
 from src.data.image_files import COLORS, ImageFileDataset
 from src.data.protocol_dataset import ProtocolImageDataset
@@ -249,6 +249,38 @@ class FileDataModule(ClassificationDataModule):
         """Pixels per side an image of ``split`` is decoded to (the margin is for the training crop)."""
         return math.ceil(self.image_size * (1 + self.crop_margin)) if split == "train" else self.image_size
 
+    def cache_entry(self, split: str) -> CacheEntry:
+        """The split's cache entry, built once across processes and jobs (see :mod:`src.data.cache`)."""
+        root = Path(self.root).expanduser().resolve()
+        cache_dir = Path(self.cache_dir).expanduser().resolve()
+        if cache_dir.is_relative_to(root):
+            raise UserError(
+                f"dataset.cache_dir={cache_dir} lies inside dataset.root={root}, whose files are never "
+                "written. Point dataset.cache_dir elsewhere (default ${paths.data_dir}/cache)."
+            )
+        return build_or_load(
+            self.splits[split].paths,
+            self.load_size(split),
+            cache_dir,
+            self.name,
+            split,
+            self.num_workers,
+            self.on_bad_image == "skip",
+            self.color,
+            self.dicom_frames,
+            self.decode,
+        )
+
+    def prepare_data(self) -> None:
+        """Lightning calls this on one process per node before any sets up: the cache is decoded there,
+        while the other DDP ranks wait, then map it."""
+        if self.cache:
+            self.check()
+            mean, std = (t.flatten().tolist() for t in (self.normalize.mean, self.normalize.std))
+            for split in SPLITS:
+                if protocol_transform(self.protocol, split, self.image_size, mean, std) is None:
+                    self.cache_entry(split)  # a paper protocol's own transforms decode on access instead
+
     def build_split(self, split: str) -> Dataset:
         self.check()
         mean, std = (t.flatten().tolist() for t in (self.normalize.mean, self.normalize.std))
@@ -259,25 +291,7 @@ class FileDataModule(ClassificationDataModule):
         part, size = self.splits[split], self.load_size(split)
         entry, keep = None, range(len(part))
         if self.cache:
-            root = Path(self.root).expanduser().resolve()
-            cache_dir = Path(self.cache_dir).expanduser().resolve()
-            if cache_dir.is_relative_to(root):
-                raise UserError(
-                    f"dataset.cache_dir={cache_dir} lies inside dataset.root={root}, whose files are never "
-                    "written. Point dataset.cache_dir elsewhere (default ${paths.data_dir}/cache)."
-                )
-            entry = build_or_load(
-                part.paths,
-                size,
-                cache_dir,
-                self.name,
-                split,
-                self.num_workers,
-                self.on_bad_image == "skip",
-                self.color,
-                self.dicom_frames,
-                self.decode,
-            )
+            entry = self.cache_entry(split)
             bad = entry.bad
         elif self.on_bad_image == "skip":
             desc = f"checking {self.name}/{split}"

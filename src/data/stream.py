@@ -57,5 +57,6 @@ class SyntheticStreamDataModule(SyntheticDataModule):
             self.task_type, self.findings, self.prevalence, self.image_size, self.seed, self.normalize
         )
 
-    def train_dataloader(self):
-        return self._loader("train", shuffle=False)
+    def train_dataloader(self, single_process: bool = False):
+        # Each worker draws its own endless stream: nothing to shard, shuffle or resume.
+        return self._loader("train")

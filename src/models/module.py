@@ -1,9 +1,10 @@
 """The LightningModule: a classifier, a task (loss + metrics) and an optimizer recipe.
 
 It knows nothing of PEFT strategies: whatever parameters the strategy left trainable are optimised.
+Val and test metrics (loss included) are computed once per epoch over every sample exactly once, in dataset
+order, also under DDP (:mod:`src.distributed`); the val and test splits' scores and targets are kept for the
+run's figures and statistics (src.stats: the operating point is chosen on val, judged on test).
 Checkpoints leave the frozen weights out and record how to rebuild them (:mod:`src.lean_checkpoint`).
-The val and test splits' scores and targets are kept (gathered across DDP processes) for the run's
-figures and statistics (src.stats: the operating point is chosen on val, judged on test).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from src.distributed import gather_in_dataset_order
 from src.lean_checkpoint import make_lean, restore_frozen
-from src.optim import build_optimizer, warmup_cosine, warmup_steps
+from src.lr_schedule import start_schedule, warmup_cosine_scheduler
+from src.optim import build_optimizer
 from src.tasks import Task
 
 
@@ -39,7 +42,13 @@ class ClassificationModule(L.LightningModule):
         self.optim = dict(optim)
         self.save_hyperparameters({"task": task.type, "class_names": list(task.class_names), "optim": optim})
         self.metrics = nn.ModuleDict({stage: task.metrics() for stage in ("val", "test")})
-        self._batches: dict[str, list[tuple[Tensor, Tensor]]] = {"val": [], "test": []}
+        for collection in self.metrics.values():
+            for metric in collection.values():
+                # Fed the gathered, de-duplicated outputs on every rank: torchmetrics' own sync would add
+                # the other ranks' copies (and DistributedSampler's padding) again.
+                metric.sync_on_compute = metric._to_sync = False
+        self._outputs: list[tuple[Tensor, Tensor]] = []  # this epoch's (logits, target) of this process
+        # (scores, metric target) of the last val / test run, every sample once, in dataset order.
         self.test_predictions: tuple[Tensor, Tensor] | None = None
         self.val_predictions: tuple[Tensor, Tensor] | None = None
 
@@ -49,60 +58,78 @@ class ClassificationModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, target = batch
         loss = self.task.loss(self(images), target)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(images),
+            sync_dist=True,
+        )
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=1)
         return loss
 
-    def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:
+    def _eval_step(self, batch: tuple[Tensor, Tensor]) -> None:
         images, target = batch
-        logits = self(images)
-        self.log(f"{stage}/loss", self.task.loss(logits, target), on_epoch=True, batch_size=len(images))
-        scores = self.task.scores(logits)
-        target = self.task.metric_target(target)
-        self.metrics[stage].update(scores, target)
-        self._batches[stage].append((scores.detach(), target.detach()))
+        self._outputs.append((self(images).detach(), target.detach()))
 
     def _eval_epoch_end(self, stage: str) -> None:
-        computed = self.metrics[stage].compute()
-        self.metrics[stage].reset()
-        for name, value in self.task.expand(computed, stage).items():
-            self.log(name, value, prog_bar=name == f"{stage}/auroc")
-        predictions = self._gather(self._batches[stage]) if self._batches[stage] else None
-        setattr(self, f"{stage}_predictions", predictions)
-        self._batches[stage] = []
-
-    def _gather(self, batches: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        scores, target = (torch.cat(parts) for parts in zip(*batches, strict=True))
-        if self.trainer.world_size > 1:  # every process tested a shard (DistributedSampler pads them equal)
-            scores, target = (self.all_gather(t).flatten(0, 1) for t in (scores, target))
-        return scores.cpu(), target.cpu()
+        loader = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+        parts = [torch.cat(p) for p in zip(*self._outputs, strict=True)] if self._outputs else []
+        self._outputs = []
+        if not parts:
+            return
+        logits, target = gather_in_dataset_order(self, parts, loader)
+        logits = logits.float()  # bf16 / fp16 runs: loss and scores in fp32
+        scores, metric_target = self.task.scores(logits), self.task.metric_target(target)
+        metrics = self.metrics[stage]
+        metrics.reset()
+        metrics.update(scores, metric_target)
+        values = {
+            f"{stage}/loss": self.task.loss(logits, target),
+            **self.task.expand(metrics.compute(), stage),
+        }
+        metrics.reset()
+        for name, value in values.items():
+            # The same number on every rank; sync_dist only keeps Lightning's DDP bookkeeping consistent.
+            self.log(name, value, prog_bar=name == f"{stage}/auroc", sync_dist=True)
+        setattr(self, f"{stage}_predictions", (scores.float().cpu(), metric_target.cpu()))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step("val", batch)
+        self._eval_step(batch)
 
     def on_validation_epoch_start(self) -> None:
-        self._batches["val"] = []
+        self._outputs = []
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step("test", batch)
+        self._eval_step(batch)
 
     def on_test_epoch_start(self) -> None:
-        self._batches["test"] = []
+        self._outputs = []
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+    def on_train_start(self) -> None:
+        # Only now is the train loader of this process built (estimated_stepping_batches in
+        # configure_optimizers would build it before a resumed run's loader state is loaded, and lose it).
+        scheduler = self.lr_schedulers()
+        extended = start_schedule(scheduler, self.trainer.estimated_stepping_batches, self.trainer.max_epochs)
+        if extended and self.logger is not None:
+            self.logger.log_metrics(
+                {"train/schedule_steps": float(self.trainer.estimated_stepping_batches)}, self.global_step
+            )
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = dict(self.optim)
         warmup, min_lr = cfg.pop("warmup_fraction", 0.0), cfg.pop("min_lr", 0.0)
         warmup_epochs = cfg.pop("warmup_epochs", None)
         optimizer = build_optimizer(self.model, **cfg)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = warmup_steps(total, self.trainer.max_epochs, warmup, warmup_epochs)
-        scheduler = warmup_cosine(optimizer, total, warmup, min_lr)
+        scheduler = warmup_cosine_scheduler(optimizer, min_lr, warmup, warmup_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
