@@ -7,7 +7,7 @@ sizes and modification times. A changed source file gives a new stamp, so the en
 stale one removed. Nothing is written next to the sources.
 
 One build per entry, whatever the number of processes: every DDP rank and every job of a sweep takes the
-entry's lock file (``<name>.lock`` beside it) before looking for it; the first builds it (in a temp folder
+entry's lock file (``<cache_dir>/.locks/<dataset>/<name>.lock``) before looking for it; the first builds it (in a temp folder
 renamed into place), the others wait and then map it. A process keeps a shared lock on each entry it maps
 for as long as it runs, and a stale entry is removed only if nobody holds one (an entry in use by another
 job is left for a later run to remove). Locks are ``fcntl.flock`` locks: shared and exclusive, released by
@@ -142,7 +142,13 @@ class CacheEntry:
 _IN_USE: dict[Path, int] = {}
 
 
+def _lock_path(folder: Path, name: str) -> Path:
+    """Lock files live in ``<cache_dir>/.locks/<dataset>/`` so that a dataset's folder holds its entries only."""
+    return folder.parent / ".locks" / folder.name / f"{name}.lock"
+
+
 def _lock(path: Path, mode: int) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, mode)
@@ -156,10 +162,10 @@ def _remove_stale(folder: Path, prefix: str, keep: str) -> None:
     for stale in folder.glob(f"{prefix}_*"):
         if stale.name == keep or not stale.is_dir():
             continue
-        if (own := _IN_USE.pop(folder / f"{stale.name}.lock", None)) is not None:
+        if (own := _IN_USE.pop(_lock_path(folder, stale.name), None)) is not None:
             os.close(own)  # this process moved on to the new version (its old maps stay readable)
         try:
-            fd = _lock(folder / f"{stale.name}.lock", fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = _lock(_lock_path(folder, stale.name), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.info("cache entry %s is in use by another job; left in place", stale)
             continue
@@ -187,7 +193,7 @@ def build_or_load(
     folder = Path(cache_dir).expanduser() / dataset
     folder.mkdir(parents=True, exist_ok=True)
     prefix, name = entry_name(paths, split, size, color, frames, decode)
-    final, lock = folder / name, folder / f"{name}.lock"
+    final, lock = folder / name, _lock_path(folder, name)
     built = False
     if lock not in _IN_USE:
         try:
