@@ -20,7 +20,7 @@ from src.models.backbone import create_backbone
 from src.strategies import count_parameters
 from src.strategies.lora import LoRA
 from src.strategies.sparse import Sparse
-from src.strategies.sparse.delta import SparseDeltaLinearFn, csr_pattern
+from src.strategies.sparse.delta import SparseDeltaLinearFn, sparse_pattern
 from src.strategies.sparse.importance import agnostic_importance, hybrid, task_importance
 from src.strategies.sparse.selection import select
 from src.strategies.sparse.strategy import rank_budget, sparse_layers
@@ -108,8 +108,7 @@ def test_delta_gradient_is_the_dense_gradient_gathered(index: list[int]) -> None
     bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
     index = torch.tensor(index)  # positions in the 6 x 7 weight; "one_row" leaves rows 0 and 2-5 empty
     values = torch.randn(len(index), dtype=torch.float64, requires_grad=True)
-    crow, col = csr_pattern(index, (6, 7))
-    args = (x, weight, bias, values, index, crow, col)
+    args = (x, weight, bias, values, sparse_pattern(index, (6, 7)), torch.float64)
     target = torch.randn(2, 5, 6, dtype=torch.float64)
 
     (SparseDeltaLinearFn.apply(*args) * target).sum().backward()
