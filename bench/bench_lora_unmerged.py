@@ -205,7 +205,8 @@ def main() -> None:
     where = (
         torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     )
-    command = " ".join(["python bench/bench_lora_unmerged.py", *sys.argv[1:]])
+    shown = [a for i, a in enumerate(sys.argv[1:]) if a != "--out" and sys.argv[i] != "--out"]
+    command = " ".join(["python bench/bench_lora_unmerged.py", *shown])
     text = "\n".join(
         [
             "# q/v LoRA r=4 unmerged vs plain vs merged",
