@@ -184,6 +184,9 @@ def main() -> None:
     parser.add_argument("--model", default=MODEL, help=argparse.SUPPRESS)  # a small one for a smoke run
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--train-rounds", type=int, default=None, help="default: --rounds")
+    parser.add_argument("--train-batch", type=int, default=None, help="default: --batch")
+    parser.add_argument("--arms", nargs="+", default=list(INFERENCE_ARMS), choices=INFERENCE_ARMS)
+    parser.add_argument("--train-arms", nargs="+", default=list(TRAINING_ARMS), choices=TRAINING_ARMS)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lora_unmerged.md")
     args = parser.parse_args()
@@ -191,16 +194,21 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(1)
-    images = torch.randn(args.batch, 3, IMG, IMG, generator=g).to(device)
-    target = torch.randint(0, CLASSES, (args.batch,), generator=g).to(device)
-    arms = {name: Arm(name, args, images, target) for name in INFERENCE_ARMS}
+    train_batch = args.train_batch or args.batch
+    all_images = torch.randn(max(args.batch, train_batch), 3, IMG, IMG, generator=g).to(device)
+    all_target = torch.randint(0, CLASSES, (len(all_images),), generator=g).to(device)
+    images, target = all_images[: args.batch], all_target[: args.batch]
+    names = tuple(dict.fromkeys(["plain", "unmerged", *args.arms, *args.train_arms]))
+    arms = {name: Arm(name, args, images, target) for name in names}
     with torch.inference_mode():  # the arms compute the same function (merged up to rounding)
         ref = arms["unmerged"].model.eval()(images)
-        gaps = {
-            n: (arms[n].model.eval()(images) - ref).abs().max().item() for n in ("merged", "before", "melo")
-        }
-    infer = interleaved(arms, INFERENCE_ARMS, "infer", args.rounds)
-    train = interleaved(arms, TRAINING_ARMS, "train_step", args.train_rounds or args.rounds)
+        others = [n for n in names if n not in ("plain", "unmerged")]
+        gaps = {n: (arms[n].model.eval()(images) - ref).abs().max().item() for n in others}
+    infer = interleaved(arms, tuple(dict.fromkeys(["plain", "unmerged", *args.arms])), "infer", args.rounds)
+    for arm in arms.values():
+        arm.images, arm.target = all_images[:train_batch], all_target[:train_batch]
+    train_arms = tuple(dict.fromkeys(["plain", "unmerged", *args.train_arms]))
+    train = interleaved(arms, train_arms, "train_step", args.train_rounds or args.rounds)
     ratio = statistics.median(infer["unmerged"]) / statistics.median(infer["plain"])
     where = (
         torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -213,7 +221,8 @@ def main() -> None:
             "",
             f"`{command}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {where}, torch {torch.__version__}, "
             f"{platform.machine()}.",
-            f"{args.model} at {IMG} px, batch {args.batch}, precision {args.precision}, random weights; medians of "
+            f"{args.model} at {IMG} px, batch {args.batch} (training step: {train_batch}), precision "
+            f"{args.precision}, random weights; medians of "
             f"{args.rounds} interleaved rounds (inference) and {args.train_rounds or args.rounds} (training step), "
             "one warm-up call per arm.",
             f"Max |logit - unmerged logit|: {', '.join(f'{n} {v:.1e}' for n, v in gaps.items())}.",
