@@ -19,7 +19,11 @@ All arms live in one process; each round runs every arm once, in an order rotate
 one warm-up call each, so load from other jobs hits all arms alike; the table gives medians over the rounds
 and the ratio to ``plain``. Goal: unmerged inference <= 1.03x plain at batch 32.
 
-    python bench/bench_lora_unmerged.py [--device cpu|cuda] [--precision 32|bf16-mixed] [--rounds 5]
+Defaults fit a loaded 2-core CPU (about 40 min there): 3 inference rounds at batch 32, 2 training rounds at
+batch 8 (the relative cost of the rank-r products does not depend on the batch) for plain, unmerged and
+before; on a GPU give more rounds, ``--train-batch 32`` and ``--train-arms plain unmerged before melo``.
+
+    python bench/bench_lora_unmerged.py [--device cpu|cuda] [--precision 32|bf16-mixed] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -182,11 +186,13 @@ def main() -> None:
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--model", default=MODEL, help=argparse.SUPPRESS)  # a small one for a smoke run
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--train-rounds", type=int, default=None, help="default: --rounds")
-    parser.add_argument("--train-batch", type=int, default=None, help="default: --batch")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--train-rounds", type=int, default=2)
+    parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--arms", nargs="+", default=list(INFERENCE_ARMS), choices=INFERENCE_ARMS)
-    parser.add_argument("--train-arms", nargs="+", default=list(TRAINING_ARMS), choices=TRAINING_ARMS)
+    parser.add_argument(
+        "--train-arms", nargs="+", default=["plain", "unmerged", "before"], choices=TRAINING_ARMS
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lora_unmerged.md")
     args = parser.parse_args()
@@ -194,21 +200,21 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(1)
-    train_batch = args.train_batch or args.batch
+    train_batch = args.train_batch
     all_images = torch.randn(max(args.batch, train_batch), 3, IMG, IMG, generator=g).to(device)
     all_target = torch.randint(0, CLASSES, (len(all_images),), generator=g).to(device)
     images, target = all_images[: args.batch], all_target[: args.batch]
     names = tuple(dict.fromkeys(["plain", "unmerged", *args.arms, *args.train_arms]))
     arms = {name: Arm(name, args, images, target) for name in names}
-    with torch.inference_mode():  # the arms compute the same function (merged up to rounding)
-        ref = arms["unmerged"].model.eval()(images)
+    with torch.inference_mode():  # the arms compute the same function (merged up to rounding); two images
+        ref = arms["unmerged"].model.eval()(images[:2])
         others = [n for n in names if n not in ("plain", "unmerged")]
-        gaps = {n: (arms[n].model.eval()(images) - ref).abs().max().item() for n in others}
+        gaps = {n: (arms[n].model.eval()(images[:2]) - ref).abs().max().item() for n in others}
     infer = interleaved(arms, tuple(dict.fromkeys(["plain", "unmerged", *args.arms])), "infer", args.rounds)
     for arm in arms.values():
         arm.images, arm.target = all_images[:train_batch], all_target[:train_batch]
     train_arms = tuple(dict.fromkeys(["plain", "unmerged", *args.train_arms]))
-    train = interleaved(arms, train_arms, "train_step", args.train_rounds or args.rounds)
+    train = interleaved(arms, train_arms, "train_step", args.train_rounds)
     ratio = statistics.median(infer["unmerged"]) / statistics.median(infer["plain"])
     where = (
         torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -223,7 +229,7 @@ def main() -> None:
             f"{platform.machine()}.",
             f"{args.model} at {IMG} px, batch {args.batch} (training step: {train_batch}), precision "
             f"{args.precision}, random weights; medians of "
-            f"{args.rounds} interleaved rounds (inference) and {args.train_rounds or args.rounds} (training step), "
+            f"{args.rounds} interleaved rounds (inference) and {args.train_rounds} (training step), "
             "one warm-up call per arm.",
             f"Max |logit - unmerged logit|: {', '.join(f'{n} {v:.1e}' for n, v in gaps.items())}.",
             "",
