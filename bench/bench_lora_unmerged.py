@@ -110,22 +110,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-class Arm:
-    """One arm's model and optimizer; ``infer()`` / ``train_step()`` run and time one call."""
+class Timed:
+    """Times one call of an arm (synchronising CUDA around it) under the arm's precision."""
 
-    def __init__(self, arm: str, args: argparse.Namespace, images: Tensor, target: Tensor) -> None:
-        device, precision = torch.device(args.device), args.precision
-        self.device, self.images, self.target = device, images, target
-        self.model = build(arm, device, args.model)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4)
+    def __init__(self, device: torch.device, precision: str) -> None:
+        self.device, self.precision = device, precision
 
-        def autocast() -> contextlib.AbstractContextManager:
-            if precision == "bf16-mixed":
-                return torch.autocast(device.type, dtype=torch.bfloat16)
-            return contextlib.nullcontext()
-
-        self.autocast = autocast
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16-mixed":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def timed(self, fn: Callable[[], None]) -> float:
         sync(self.device)
@@ -133,6 +127,17 @@ class Arm:
         fn()
         sync(self.device)
         return time.perf_counter() - start
+
+
+class Arm(Timed):
+    """One arm's model and optimizer; ``infer()`` / ``train_step()`` run and time one call."""
+
+    def __init__(self, arm: str, args: argparse.Namespace, images: Tensor, target: Tensor) -> None:
+        super().__init__(torch.device(args.device), args.precision)
+        self.images, self.target = images, target
+        self.model = build(arm, self.device, args.model)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4)
 
     def infer(self) -> float:
         def run() -> None:
@@ -150,6 +155,45 @@ class Arm:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+
+        return self.timed(run)
+
+
+class LayerArm(Timed):
+    """One ViT-B qkv layer alone (768 -> 2304) at ``tokens`` rows: plain Linear or a q/v LoRA forward."""
+
+    def __init__(self, arm: str, args: argparse.Namespace, tokens: int) -> None:
+        super().__init__(torch.device(args.device), args.precision)
+        torch.manual_seed(0)
+        base = nn.Linear(768, 3 * 768).requires_grad_(False)
+        if arm == "plain":
+            self.model: nn.Module = base.to(self.device)
+        else:
+            layer = {"before": BeforeQV, "melo": MeloQV}.get(arm, QVLoRALinear)(base, RANK, float(RANK))
+            for b in (layer.lora_B_q, layer.lora_B_v):
+                nn.init.normal_(b.weight, std=0.01)
+            self.model = layer.to(self.device)
+        g = torch.Generator().manual_seed(2)
+        self.x = torch.randn(tokens, 768, generator=g).to(self.device)
+        self.grad = torch.randn(tokens, 3 * 768, generator=g).to(self.device)
+
+    def infer(self) -> float:
+        def run() -> None:
+            with torch.inference_mode(), self.autocast():
+                self.model(self.x)
+
+        return self.timed(run)
+
+    def train_step(self) -> float:
+        """Forward and backward of a middle block's qkv: the input needs its gradient, B and A theirs."""
+
+        def run() -> None:
+            x = self.x.detach().requires_grad_(True)
+            with self.autocast():
+                y = self.model(x)
+            y.backward(self.grad.to(y.dtype))
+            for p in self.model.parameters():
+                p.grad = None
 
         return self.timed(run)
 
@@ -178,6 +222,61 @@ def rows(times: dict[str, list[float]]) -> list[str]:
     return out
 
 
+def model_part(args: argparse.Namespace, all_images: Tensor, all_target: Tensor) -> list[str]:
+    """The whole model: inference at --batch, a training step at --train-batch."""
+    images, target = all_images[: args.batch], all_target[: args.batch]
+    names = tuple(dict.fromkeys(["plain", "unmerged", *args.arms, *args.train_arms]))
+    arms = {name: Arm(name, args, images, target) for name in names}
+    with torch.inference_mode():  # the arms compute the same function (merged up to rounding); two images
+        ref = arms["unmerged"].model.eval()(images[:2])
+        others = [n for n in names if n not in ("plain", "unmerged")]
+        gaps = {n: (arms[n].model.eval()(images[:2]) - ref).abs().max().item() for n in others}
+    infer = interleaved(arms, tuple(dict.fromkeys(["plain", "unmerged", *args.arms])), "infer", args.rounds)
+    for arm in arms.values():
+        arm.images, arm.target = all_images[: args.train_batch], all_target[: args.train_batch]
+    train_arms = tuple(dict.fromkeys(["plain", "unmerged", *args.train_arms]))
+    train = interleaved(arms, train_arms, "train_step", args.train_rounds)
+    ratio = statistics.median(infer["unmerged"]) / statistics.median(infer["plain"])
+    return [
+        f"## {args.model} at {IMG} px",
+        "",
+        f"Max |logit - unmerged logit|: {', '.join(f'{n} {v:.1e}' for n, v in gaps.items())}.",
+        "",
+        f"Inference (eval, inference_mode), batch {args.batch}, {args.rounds} rounds:",
+        "",
+        *rows(infer),
+        "",
+        f"Training step (forward, backward, AdamW; plain = frozen backbone, input grads through every block), "
+        f"batch {args.train_batch}, {args.train_rounds} rounds:",
+        "",
+        *rows(train),
+        "",
+        f"- unmerged inference / plain = {ratio:.3f} (goal <= 1.03): {'met' if ratio <= 1.03 else 'NOT met'}",
+        "",
+    ]
+
+
+def layer_part(args: argparse.Namespace) -> list[str]:
+    """One qkv layer at batch 32 x 197 tokens: the cost the q/v update adds, without the rest of the model."""
+    tokens = 32 * 197
+    names = ("plain", "unmerged", "before", "melo")
+    arms = {name: LayerArm(name, args, tokens) for name in names}
+    infer = interleaved(arms, names, "infer", args.layer_rounds)
+    train = interleaved(arms, names, "train_step", args.layer_rounds)
+    return [
+        f"## One ViT-B qkv layer (768 -> 2304) at 32 x 197 = {tokens:,} tokens, {args.layer_rounds} rounds",
+        "",
+        "Inference (inference_mode):",
+        "",
+        *rows(infer),
+        "",
+        "Forward + backward (input gradient, A and B gradients; no optimizer):",
+        "",
+        *rows(train),
+        "",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -193,6 +292,8 @@ def main() -> None:
     parser.add_argument(
         "--train-arms", nargs="+", default=["plain", "unmerged", "before"], choices=TRAINING_ARMS
     )
+    parser.add_argument("--part", default="both", choices=["model", "layer", "both"])
+    parser.add_argument("--layer-rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lora_unmerged.md")
     args = parser.parse_args()
@@ -200,51 +301,26 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(1)
-    train_batch = args.train_batch
-    all_images = torch.randn(max(args.batch, train_batch), 3, IMG, IMG, generator=g).to(device)
+    all_images = torch.randn(max(args.batch, args.train_batch), 3, IMG, IMG, generator=g).to(device)
     all_target = torch.randint(0, CLASSES, (len(all_images),), generator=g).to(device)
-    images, target = all_images[: args.batch], all_target[: args.batch]
-    names = tuple(dict.fromkeys(["plain", "unmerged", *args.arms, *args.train_arms]))
-    arms = {name: Arm(name, args, images, target) for name in names}
-    with torch.inference_mode():  # the arms compute the same function (merged up to rounding); two images
-        ref = arms["unmerged"].model.eval()(images[:2])
-        others = [n for n in names if n not in ("plain", "unmerged")]
-        gaps = {n: (arms[n].model.eval()(images[:2]) - ref).abs().max().item() for n in others}
-    infer = interleaved(arms, tuple(dict.fromkeys(["plain", "unmerged", *args.arms])), "infer", args.rounds)
-    for arm in arms.values():
-        arm.images, arm.target = all_images[:train_batch], all_target[:train_batch]
-    train_arms = tuple(dict.fromkeys(["plain", "unmerged", *args.train_arms]))
-    train = interleaved(arms, train_arms, "train_step", args.train_rounds)
-    ratio = statistics.median(infer["unmerged"]) / statistics.median(infer["plain"])
     where = (
         torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     )
     shown = [a for i, a in enumerate(sys.argv[1:]) if a != "--out" and sys.argv[i] != "--out"]
     command = " ".join(["python bench/bench_lora_unmerged.py", *shown])
-    text = "\n".join(
-        [
-            "# q/v LoRA r=4 unmerged vs plain vs merged",
-            "",
-            f"`{command}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {where}, torch {torch.__version__}, "
-            f"{platform.machine()}.",
-            f"{args.model} at {IMG} px, batch {args.batch} (training step: {train_batch}), precision "
-            f"{args.precision}, random weights; medians of "
-            f"{args.rounds} interleaved rounds (inference) and {args.train_rounds} (training step), "
-            "one warm-up call per arm.",
-            f"Max |logit - unmerged logit|: {', '.join(f'{n} {v:.1e}' for n, v in gaps.items())}.",
-            "",
-            "## Inference (eval, inference_mode)",
-            "",
-            *rows(infer),
-            "",
-            "## Training step (forward, backward, AdamW; plain = frozen backbone, input grads through every block)",
-            "",
-            *rows(train),
-            "",
-            f"- unmerged inference / plain = {ratio:.3f} (goal <= 1.03): {'met' if ratio <= 1.03 else 'NOT met'}",
-            "",
-        ]
-    )
+    lines = [
+        "# q/v LoRA r=4 unmerged vs plain vs merged",
+        "",
+        f"`{command}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {where}, torch {torch.__version__}, "
+        f"{platform.machine()}; precision {args.precision}, random weights, one warm-up call per arm, "
+        "medians of interleaved rounds.",
+        "",
+    ]
+    if args.part in ("model", "both"):
+        lines += model_part(args, all_images, all_target)
+    if args.part in ("layer", "both"):
+        lines += layer_part(args)
+    text = "\n".join(lines)
     write_result(args.out, text)
 
 
