@@ -113,8 +113,10 @@ def sync(device: torch.device) -> None:
 class Timed:
     """Times one call of an arm (synchronising CUDA around it) under the arm's precision."""
 
-    def __init__(self, device: torch.device, precision: str) -> None:
+    def __init__(self, device: torch.device, precision: str, clock: str = "wall") -> None:
         self.device, self.precision = device, precision
+        # CPU time of this process: what other jobs' time slices on a shared machine do not inflate.
+        self.clock = time.process_time if clock == "cpu" else time.perf_counter
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16-mixed":
@@ -123,17 +125,17 @@ class Timed:
 
     def timed(self, fn: Callable[[], None]) -> float:
         sync(self.device)
-        start = time.perf_counter()
+        start = self.clock()
         fn()
         sync(self.device)
-        return time.perf_counter() - start
+        return self.clock() - start
 
 
 class Arm(Timed):
     """One arm's model and optimizer; ``infer()`` / ``train_step()`` run and time one call."""
 
     def __init__(self, arm: str, args: argparse.Namespace, images: Tensor, target: Tensor) -> None:
-        super().__init__(torch.device(args.device), args.precision)
+        super().__init__(torch.device(args.device), args.precision, args.clock)
         self.images, self.target = images, target
         self.model = build(arm, self.device, args.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -163,7 +165,7 @@ class LayerArm(Timed):
     """One ViT-B qkv layer alone (768 -> 2304) at ``tokens`` rows: plain Linear or a q/v LoRA forward."""
 
     def __init__(self, arm: str, args: argparse.Namespace, tokens: int) -> None:
-        super().__init__(torch.device(args.device), args.precision)
+        super().__init__(torch.device(args.device), args.precision, args.clock)
         torch.manual_seed(0)
         base = nn.Linear(768, 3 * 768).requires_grad_(False)
         if arm == "plain":
@@ -295,8 +297,16 @@ def main() -> None:
     parser.add_argument("--part", default="both", choices=["model", "layer", "both"])
     parser.add_argument("--layer-rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="cpu: this process's CPU time (with --threads 1 on a shared CPU: immune to other jobs' time slices)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lora_unmerged.md")
     args = parser.parse_args()
+    if args.clock == "cpu" and (args.device != "cpu" or args.threads != 1):
+        parser.error("--clock cpu measures one CPU thread: give --device cpu --threads 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -313,7 +323,7 @@ def main() -> None:
         "",
         f"`{command}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {where}, torch {torch.__version__}, "
         f"{platform.machine()}; precision {args.precision}, random weights, one warm-up call per arm, "
-        "medians of interleaved rounds.",
+        f"medians of interleaved rounds; clock: {'process CPU time' if args.clock == 'cpu' else 'wall'}.",
         "",
     ]
     if args.part in ("model", "both"):
