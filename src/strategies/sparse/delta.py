@@ -5,15 +5,16 @@ For a frozen Linear ``W`` (out x in) with chosen flat positions ``p_1..p_k`` (ro
 
     y = x W^T + b + x S(v)^T,   S(v)[r_i, c_i] = v_i (zero elsewhere).
 
-The base product runs in the compute dtype (bf16 under ``bf16-mixed`` autocast, as a plain Linear would) and
-the sparse product separately, in fp32 from the fp32 master values: the delta is never folded into a bf16
-copy of ``W`` (``bf16(W + v)`` drops any update below half a bf16 step of ``|W|``, and the importance scores
-favour large ``|W|``, where that step is largest). The delta's contribution is thus rounded once, when added
-to the output, as LoRA's separate path under autocast is.
+In fp32 / fp64 that is one product with the merged weight ``W + S(v)`` (nothing is lost to rounding that
+matters). Under autocast to a lower precision (bf16 under ``bf16-mixed``) the base product runs in that
+dtype, as a plain Linear's would, and the sparse product separately, in fp32 from the fp32 master values:
+the delta is never folded into a bf16 copy of ``W`` (``bf16(W + v)`` drops any update below half a bf16
+step of ``|W|``, and the importance scores favour large ``|W|``, where that step is largest). The delta's
+contribution is thus rounded once, when added to the output, as LoRA's separate path under autocast is.
 
 With ``G = dL/dy`` and the inputs ``X`` flattened to N rows (N = batch x tokens):
 
-    dL/dx   = G W + G S(v)                       (the base gradient + the sparse one)
+    dL/dx   = G (W + S(v))                       (under autocast: G W + G S(v), the sparse part in fp32)
     dL/dv_i = sum_n G[n, r_i] X[n, c_i]          (the dense gradient G^T X gathered at (r_i, c_i))
 
 :class:`SparseDeltaLinearFn` computes the second line directly, as k dot products of length N, with torch's
@@ -45,10 +46,12 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class Pattern:
-    """One matrix's selection as CSR (rows of S: ``crow``, ``col``) and CSC (rows of S^T: ``ccol``, ``row``);
-    ``order`` takes the row-major values to column-major order. (Not a tuple: gradcheck would unpack it.)"""
+    """One matrix's selection: flat row-major positions ``index``, as CSR (rows of S: ``crow``, ``col``) and
+    CSC (rows of S^T: ``ccol``, ``row``); ``order`` takes the row-major values to column-major order.
+    (Not a tuple: gradcheck would unpack it.)"""
 
     shape: tuple[int, int]
+    index: Tensor
     crow: Tensor
     col: Tensor
     ccol: Tensor
@@ -65,12 +68,17 @@ def sparse_pattern(index: Tensor, shape: tuple[int, int]) -> Pattern:
     order = torch.argsort(col * rows + row)
     ccol = torch.zeros(width + 1, dtype=torch.long, device=index.device)
     ccol[1:] = torch.bincount(col, minlength=width).cumsum(0)
-    return Pattern((rows, width), crow, col, ccol, row[order], order)
+    return Pattern((rows, width), index, crow, col, ccol, row[order], order)
+
+
+def merged_weight(weight: Tensor, values: Tensor, index: Tensor) -> Tensor:
+    """W + S(v) out of place: unselected entries are copied bit for bit."""
+    return weight.flatten().index_add(0, index, values.to(weight.dtype)).view_as(weight)
 
 
 def transposed(flat: Tensor, dtype: torch.dtype) -> Tensor:
-    """(N x m) -> contiguous (m x N) in ``dtype``, in one copy."""
-    return flat.t().to(dtype=dtype, memory_format=torch.contiguous_format)
+    """(N x m) -> contiguous (m x N) in ``dtype``, in one copy (``.to`` would keep a same-dtype view strided)."""
+    return torch.empty(flat.shape[::-1], dtype=dtype, device=flat.device).copy_(flat.t())
 
 
 def sparse_product(rows_t: Tensor, starts: Tensor, picks: Tensor, weights: Tensor) -> Tensor:
@@ -122,10 +130,15 @@ class SparseDeltaLinearFn(torch.autograd.Function):
         exact = torch.promote_types(torch.promote_types(values.dtype, dtype), torch.float32)
         with torch.autocast(x.device.type, enabled=False):
             xc = x.to(dtype)
-            y = F.linear(xc, weight.to(dtype), None if bias is None else bias.to(dtype))
-            flat = xc.reshape(-1, xc.shape[-1])
-            delta_t = sparse_product(transposed(flat, exact), pattern.crow, pattern.col, values.to(exact))
-            y.view(-1, y.shape[-1]).add_(delta_t.t())
+            b = None if bias is None else bias.to(dtype)
+            if dtype == exact:  # fp32 / fp64: W + S(v) keeps v, and one product is faster than two
+                y = F.linear(xc, merged_weight(weight.to(dtype), values, pattern.index), b)
+            else:
+                y = F.linear(xc, weight.to(dtype), b)
+                flat = xc.reshape(-1, xc.shape[-1])
+                v = values.detach().to(exact)  # detached: embedding_bag's lighter inference kernel
+                delta_t = sparse_product(transposed(flat, exact), pattern.crow, pattern.col, v)
+                y.view(-1, y.shape[-1]).add_(delta_t.t())
         ctx.save_for_backward(xc, weight, values)
         ctx.pattern, ctx.exact, ctx.x_dtype, ctx.has_bias = pattern, exact, x.dtype, bias is not None
         return y
@@ -138,10 +151,14 @@ class SparseDeltaLinearFn(torch.autograd.Function):
         g = grad_y.reshape(-1, grad_y.shape[-1]).to(xc.dtype)
         flat_x = xc.reshape(-1, xc.shape[-1])
         grad_x = grad_w = grad_b = grad_v = None
-        grad_t = transposed(g, exact) if need_x or need_v else None
-        if need_x:
+        grad_t = transposed(g, exact) if need_v or (need_x and g.dtype != exact) else None
+        if need_x and g.dtype == exact:
+            grad_x = (g @ merged_weight(weight.to(g.dtype), values, pattern.index)).view(xc.shape)
+        elif need_x:
             sparse_t = sparse_product(grad_t, pattern.ccol, pattern.row, values.to(exact)[pattern.order])
-            grad_x = (g @ weight.to(g.dtype)).add_(sparse_t.t()).view(xc.shape).to(ctx.x_dtype)
+            grad_x = (g @ weight.to(g.dtype)).add_(sparse_t.t()).view(xc.shape)
+        if grad_x is not None:
+            grad_x = grad_x.to(ctx.x_dtype)
         if need_w:
             grad_w = (g.t() @ flat_x).to(weight.dtype)
         if need_b and ctx.has_bias:
