@@ -19,11 +19,12 @@ All arms live in one process; each round runs every arm once, in an order rotate
 one warm-up call each, so load from other jobs hits all arms alike; the table gives medians over the rounds
 and the ratio to ``plain``. Goal: unmerged inference <= 1.03x plain at batch 32.
 
-Defaults fit a loaded 2-core CPU (about 40 min there): 3 inference rounds at batch 32, 2 training rounds at
-batch 8 (the relative cost of the rank-r products does not depend on the batch) for plain, unmerged and
-before; on a GPU give more rounds, ``--train-batch 32`` and ``--train-arms plain unmerged before melo``.
+Defaults fit a 2-core CPU: 3 inference rounds at batch 32, 2 training rounds at batch 8 (the relative cost
+of the rank-r products does not depend on the batch) for plain, unmerged and before. On a CPU shared with
+other jobs add ``--threads 1 --clock cpu`` (this process's CPU time: wall-clock times there swing by tens of
+per cent); on a GPU give more rounds, ``--train-batch 32`` and ``--train-arms plain unmerged before melo``.
 
-    python bench/bench_lora_unmerged.py [--device cpu|cuda] [--precision 32|bf16-mixed] [--rounds 3]
+    python bench/bench_lora_unmerged.py [--device cpu|cuda] [--precision 32|bf16-mixed] [--threads 1 --clock cpu]
 """
 
 from __future__ import annotations
