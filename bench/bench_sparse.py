@@ -16,13 +16,16 @@ resident set size (Linux VmHWM, reset through /proc/self/clear_refs) minus the R
 process RSS, so it also counts allocator caching. The importance pass (grad_abs + magnitude, mix 0.5,
 ``--importance-batches`` batches) is timed once and compared with as many sparse_rank steps.
 Goals: sparse step <= 1.2x LoRA and <= 0.7x dense-mask; peak memory <= 1.1x LoRA; importance <= 16 steps.
+``--precision bf16-mixed`` runs the training steps under bf16 autocast with fp32 master weights, as the
+trainer's ``bf16-mixed`` (the importance pass stays fp32); its result goes to ``sparse_bf16-mixed.md``.
 
-    python bench/bench_sparse.py [--device cpu|cuda] [--steps 4] [--importance-batches 16]
+    python bench/bench_sparse.py [--device cpu|cuda] [--precision 32|bf16-mixed] [--steps 4] [--importance-batches 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import re
@@ -45,6 +48,8 @@ from src.strategies.lora import LoRA  # noqa: E402
 from src.strategies.sparse import Sparse  # noqa: E402
 from src.strategies.sparse.strategy import sparse_layers  # noqa: E402
 
+# perf_counter, or with --clock cpu this process's CPU time (one thread): immune to other jobs' time slices.
+CLOCK = [time.perf_counter]
 ARMS = ("lora_r4", "sparse_rank", "sparse_0.01%", "dense_mask")
 MODEL, IMG, CLASSES = "vit_small_patch16_224", 224, 2
 
@@ -116,8 +121,8 @@ def sync(device: torch.device) -> None:
 class ArmRun:
     """One arm's model, optimizer and masks; ``step()`` runs and times one training step."""
 
-    def __init__(self, arm: str, device: torch.device, batch_size: int) -> None:
-        self.arm, self.device = arm, device
+    def __init__(self, arm: str, device: torch.device, batch_size: int, precision: str = "32") -> None:
+        self.arm, self.device, self.precision = arm, device, precision
         self.model, self.masks = build(arm, device)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -126,8 +131,9 @@ class ArmRun:
 
     def step(self) -> float:
         sync(self.device)
-        start = time.perf_counter()
-        loss = F.cross_entropy(self.model(self.images), self.target)
+        start = CLOCK[0]()
+        with self.autocast():
+            loss = F.cross_entropy(self.model(self.images), self.target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for weight, mask in self.masks:  # GPS: full weight gradient, masked before the step
@@ -135,16 +141,21 @@ class ArmRun:
         self.optimizer.step()
         loss.item()
         sync(self.device)
-        return time.perf_counter() - start
+        return CLOCK[0]() - start
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16-mixed":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def optimizer_state_bytes(self) -> int:
         states = self.optimizer.state.values()
         return sum(t.numel() * t.element_size() for s in states for t in s.values() if torch.is_tensor(t))
 
 
-def run_memory(arm: str, device: torch.device, batch_size: int) -> dict:
+def run_memory(arm: str, device: torch.device, batch_size: int, precision: str) -> dict:
     """Child process: peak memory over two steps (the first allocates the optimizer state)."""
-    run = ArmRun(arm, device, batch_size)
+    run = ArmRun(arm, device, batch_size, precision)
     memory = PeakMemory(device)
     memory.start()
     run.step()
@@ -157,9 +168,9 @@ def run_memory(arm: str, device: torch.device, batch_size: int) -> dict:
     }
 
 
-def run_times(device: torch.device, steps: int, batch_size: int) -> dict[str, list[float]]:
+def run_times(device: torch.device, steps: int, batch_size: int, precision: str) -> dict[str, list[float]]:
     """All arms in this process, one step of each in turn (rotating the order), so load hits all alike."""
-    runs = {arm: ArmRun(arm, device, batch_size) for arm in ARMS}
+    runs = {arm: ArmRun(arm, device, batch_size, precision) for arm in ARMS}
     for run in runs.values():
         run.step()  # warm-up: lazy initialisation, optimizer state
     times: dict[str, list[float]] = {arm: [] for arm in ARMS}
@@ -178,15 +189,16 @@ def run_importance(device: torch.device, batches: int, batch_size: int) -> dict:
     model = strategy.apply(timm.create_model(MODEL, num_classes=CLASSES, img_size=IMG))
     data = (batch(torch.device("cpu"), batch_size, seed=100 + i) for i in range(batches))
     sync(device)
-    start = time.perf_counter()
+    start = CLOCK[0]()
     strategy.prepare(model, data, F.cross_entropy, str(device))
     sync(device)
-    return {"arm": "importance", "seconds": time.perf_counter() - start, "batches": batches}
+    return {"arm": "importance", "seconds": CLOCK[0]() - start, "batches": batches}
 
 
 def child(arm: str, args: argparse.Namespace) -> dict:
     """Run this script for one arm's memory in a fresh process and read its JSON line."""
     cmd = [sys.executable, __file__, "--child", arm, "--device", args.device, "--batch", str(args.batch)]
+    cmd += ["--precision", args.precision]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -227,15 +239,24 @@ def table(
     head = [
         "# peft=sparse: step time, peak memory, importance pass",
         "",
-        f"`python bench/bench_sparse.py --device {args.device} --steps {args.steps} "
+        f"`python bench/bench_sparse.py --device {args.device} --precision {args.precision} --clock {args.clock} "
+        f"--steps {args.steps} "
         f"--importance-batches {args.importance_batches}` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {device}, "
         f"torch {torch.__version__}, {platform.machine()}.",
-        f"{MODEL} at {IMG} px, batch {args.batch}, fp32, AdamW, random weights. Step time: median of "
-        f"{args.steps} rounds of one step per arm in turn (one process, after a warm-up step each); "
+        f"{MODEL} at {IMG} px, batch {args.batch}, {precision_words(args.precision)}, AdamW, random weights. "
+        f"Step time: median of "
+        f"{args.steps} rounds of one step per arm in turn (one process, after a warm-up step each; "
+        f"{'process CPU time, one thread' if args.clock == 'cpu' else 'wall clock'}); "
         "peak memory: each arm in its own process over two steps.",
         "",
     ]
     return "\n".join([*head, *rows, "", *goals, ""])
+
+
+def precision_words(precision: str) -> str:
+    if precision == "32":
+        return "fp32"
+    return "bf16-mixed (training steps under bf16 autocast, fp32 master weights; importance pass fp32)"
 
 
 def main() -> None:
@@ -246,20 +267,33 @@ def main() -> None:
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
     )
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
+    parser.add_argument(
+        "--clock", default="wall", choices=["wall", "cpu"], help="cpu: process CPU time, 1 thread"
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--importance-batches", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sparse.md")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: bench/results/sparse[_bf16-mixed].md"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.clock == "cpu":
+        if args.device != "cpu":
+            parser.error("--clock cpu measures one CPU thread: give --device cpu")
+        torch.set_num_threads(1)
+        CLOCK[0] = time.process_time
+    suffix = "" if args.precision == "32" else f"_{args.precision}"
+    args.out = args.out or ROOT / "bench" / "results" / f"sparse{suffix}.md"
     if args.child:
-        print(json.dumps(run_memory(args.child, device, args.batch)), flush=True)
+        print(json.dumps(run_memory(args.child, device, args.batch, args.precision)), flush=True)
         return
     memory = {}
     for arm in ARMS:
         memory[arm] = child(arm, args)
         print(f"{arm}: peak {memory[arm]['peak_bytes'] / 1e6:.0f} MB", flush=True)
-    times = run_times(device, args.steps, args.batch)
+    times = run_times(device, args.steps, args.batch, args.precision)
     importance = run_importance(device, args.importance_batches, args.batch)
     print(f"importance: {importance['seconds']:.1f} s", flush=True)
     text = table(memory, times, importance, args)

@@ -3,18 +3,28 @@
 For a frozen Linear ``W`` (out x in) with chosen flat positions ``p_1..p_k`` (row ``r_i = p_i // in``, column
 ``c_i = p_i % in``) and trainable values ``v`` (k,), the layer computes
 
-    W' = W + S(v),   S(v)[r_i, c_i] = v_i (zero elsewhere),   y = x W'^T + b.
+    y = x W^T + b + x S(v)^T,   S(v)[r_i, c_i] = v_i (zero elsewhere).
+
+In fp32 / fp64 that is one product with the merged weight ``W + S(v)`` (nothing is lost to rounding that
+matters). Under autocast to a lower precision (bf16 under ``bf16-mixed``) the base product runs in that
+dtype, as a plain Linear's would, and the sparse product separately, in fp32 from the fp32 master values:
+the delta is never folded into a bf16 copy of ``W`` (``bf16(W + v)`` drops any update below half a bf16
+step of ``|W|``, and the importance scores favour large ``|W|``, where that step is largest). The delta's
+contribution is thus rounded once, when added to the output, as LoRA's separate path under autocast is.
 
 With ``G = dL/dy`` and the inputs ``X`` flattened to N rows (N = batch x tokens):
 
-    dL/dx   = G W'                               (as a plain Linear)
+    dL/dx   = G (W + S(v))                       (under autocast: G W + G S(v), the sparse part in fp32)
     dL/dv_i = sum_n G[n, r_i] X[n, c_i]          (the dense gradient G^T X gathered at (r_i, c_i))
 
 :class:`SparseDeltaLinearFn` computes the second line directly, as k dot products of length N, with torch's
 sampled dense-dense matmul (``torch.sparse.sampled_addmm``, G^T X evaluated at the CSR pattern of the
 selection only): the dense (out x in) weight gradient is never formed, and the frozen weight gets no
-gradient and no optimizer state. Only when the weight
-itself requires grad (the importance pass before training) is the dense ``G^T X`` returned for it.
+gradient and no optimizer state. Only when the weight itself requires grad (the importance pass before
+training) is the dense ``G^T X`` returned for it. The products with S and S^T are ``F.embedding_bag`` sums
+over the rows of ``X^T`` (``G^T``): on CPU several times faster than torch's CSR matmul, which also refuses
+bf16, and the same op on CUDA. Saved for backward: the input in the compute dtype (what an autocast Linear
+saves), not an fp32 copy.
 
 All values of every adapted matrix live in one flat :class:`SparseDelta` (``values`` and an int32
 ``indices`` buffer of positions in the concatenation of the matrices, sorted), so the parameter count is
@@ -25,6 +35,7 @@ adapter file fills in which entries they are.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
@@ -33,37 +44,76 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+@dataclass(frozen=True)
+class Pattern:
+    """One matrix's selection: flat row-major positions ``index``, as CSR (rows of S: ``crow``, ``col``) and
+    CSC (rows of S^T: ``ccol``, ``row``); ``order`` takes the row-major values to column-major order.
+    (Not a tuple: gradcheck would unpack it.)"""
+
+    shape: tuple[int, int]
+    index: Tensor
+    crow: Tensor
+    col: Tensor
+    ccol: Tensor
+    row: Tensor
+    order: Tensor
+
+
+def sparse_pattern(index: Tensor, shape: tuple[int, int]) -> Pattern:
+    """The :class:`Pattern` of the sorted row-major positions ``index`` in an (out x in) matrix."""
+    rows, width = shape
+    row, col = index // width, index % width
+    crow = torch.zeros(rows + 1, dtype=torch.long, device=index.device)
+    crow[1:] = torch.bincount(row, minlength=rows).cumsum(0)
+    order = torch.argsort(col * rows + row)
+    ccol = torch.zeros(width + 1, dtype=torch.long, device=index.device)
+    ccol[1:] = torch.bincount(col, minlength=width).cumsum(0)
+    return Pattern((rows, width), index, crow, col, ccol, row[order], order)
+
+
 def merged_weight(weight: Tensor, values: Tensor, index: Tensor) -> Tensor:
     """W + S(v) out of place: unselected entries are copied bit for bit."""
     return weight.flatten().index_add(0, index, values.to(weight.dtype)).view_as(weight)
 
 
-def csr_pattern(index: Tensor, shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """(crow_indices, col_indices) of the sorted row-major positions ``index`` in an (out x in) matrix."""
-    rows, width = shape
-    crow = torch.zeros(rows + 1, dtype=torch.long, device=index.device)
-    crow[1:] = torch.bincount(index // width, minlength=rows).cumsum(0)
-    return crow, index % width
+def transposed(flat: Tensor, dtype: torch.dtype) -> Tensor:
+    """(N x m) -> contiguous (m x N) in ``dtype``, in one copy (``.to`` would keep a same-dtype view strided)."""
+    return torch.empty(flat.shape[::-1], dtype=dtype, device=flat.device).copy_(flat.t())
 
 
-def gathered_gradient(
-    grad_out: Tensor, inputs: Tensor, crow: Tensor, col: Tensor, shape: tuple[int, int]
-) -> Tensor:
-    """(G^T X) at the CSR pattern without forming G^T X: torch's sampled dense-dense matmul (SDDMM)."""
+def sparse_product(rows_t: Tensor, starts: Tensor, picks: Tensor, weights: Tensor) -> Tensor:
+    """(M x N): output row j = sum of weights[i] * rows_t[picks[i]] over i in [starts[j], starts[j + 1])."""
+    return F.embedding_bag(picks, rows_t, starts[:-1], mode="sum", per_sample_weights=weights)
+
+
+def gathered_gradient(grad_t: Tensor, inputs_t: Tensor, pattern: Pattern) -> Tensor:
+    """(G^T X) at the CSR pattern without forming G^T X: torch's sampled dense-dense matmul (SDDMM).
+
+    ``grad_t`` is G^T (out x N) and ``inputs_t`` X^T (in x N), both contiguous, so every dot product reads
+    two contiguous rows (several times faster than strided operands on CPU).
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        pattern = torch.sparse_csr_tensor(
-            crow,
-            col,
-            torch.zeros(col.numel(), dtype=grad_out.dtype, device=grad_out.device),
-            size=shape,
+        csr = torch.sparse_csr_tensor(
+            pattern.crow,
+            pattern.col,
+            torch.zeros(pattern.col.numel(), dtype=grad_t.dtype, device=grad_t.device),
+            size=pattern.shape,
             check_invariants=False,
         )
-        return torch.sparse.sampled_addmm(pattern, grad_out.t(), inputs, beta=0.0).values()
+        return torch.sparse.sampled_addmm(csr, grad_t, inputs_t.t(), beta=0.0).values()
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a Linear computes ``x`` in here: autocast's where autocast is on (fp64 is left alone)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
+        return torch.get_autocast_dtype(device)
+    return x.dtype
 
 
 class SparseDeltaLinearFn(torch.autograd.Function):
-    """y = x (W + S(v))^T + b with gradients for x, v (and b, or W, only when they require grad)."""
+    """y = x W^T + b + x S(v)^T with gradients for x, v (and b, or W, only when they require grad)."""
 
     @staticmethod
     def forward(
@@ -72,33 +122,50 @@ class SparseDeltaLinearFn(torch.autograd.Function):
         weight: Tensor,
         bias: Tensor | None,
         values: Tensor,
-        index: Tensor,
-        crow: Tensor,
-        col: Tensor,
+        pattern: Pattern,
+        dtype: torch.dtype,
     ) -> Tensor:
-        ctx.save_for_backward(x, weight, values, index, crow, col)
-        ctx.has_bias = bias is not None
-        return F.linear(x, merged_weight(weight, values, index), bias)
+        # Explicit dtypes: the base product in ``dtype``, the sparse one at least in fp32 (SDDMM and
+        # embedding_bag's weighted sums take fp32 / fp64, and fp32 keeps small updates).
+        exact = torch.promote_types(torch.promote_types(values.dtype, dtype), torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            xc = x.to(dtype)
+            b = None if bias is None else bias.to(dtype)
+            if dtype == exact:  # fp32 / fp64: W + S(v) keeps v, and one product is faster than two
+                y = F.linear(xc, merged_weight(weight.to(dtype), values, pattern.index), b)
+            else:
+                y = F.linear(xc, weight.to(dtype), b)
+                flat = xc.reshape(-1, xc.shape[-1])
+                v = values.detach().to(exact)  # detached: embedding_bag's lighter inference kernel
+                delta_t = sparse_product(transposed(flat, exact), pattern.crow, pattern.col, v)
+                y.view(-1, y.shape[-1]).add_(delta_t.t())
+        ctx.save_for_backward(xc, weight, values)
+        ctx.pattern, ctx.exact, ctx.x_dtype, ctx.has_bias = pattern, exact, x.dtype, bias is not None
+        return y
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, values, index, crow, col = ctx.saved_tensors
+        xc, weight, values = ctx.saved_tensors
+        pattern, exact = ctx.pattern, ctx.exact
         need_x, need_w, need_b, need_v = ctx.needs_input_grad[:4]
-        g = grad_y.reshape(-1, grad_y.shape[-1])
-        flat_x = x.reshape(-1, x.shape[-1])
+        g = grad_y.reshape(-1, grad_y.shape[-1]).to(xc.dtype)
+        flat_x = xc.reshape(-1, xc.shape[-1])
         grad_x = grad_w = grad_b = grad_v = None
-        if need_x:
-            grad_x = (g @ merged_weight(weight, values, index).to(g.dtype)).view_as(x)
+        grad_t = transposed(g, exact) if need_v or (need_x and g.dtype != exact) else None
+        if need_x and g.dtype == exact:
+            grad_x = (g @ merged_weight(weight.to(g.dtype), values, pattern.index)).view(xc.shape)
+        elif need_x:
+            sparse_t = sparse_product(grad_t, pattern.ccol, pattern.row, values.to(exact)[pattern.order])
+            grad_x = (g @ weight.to(g.dtype)).add_(sparse_t.t()).view(xc.shape)
+        if grad_x is not None:
+            grad_x = grad_x.to(ctx.x_dtype)
         if need_w:
-            grad_w = (g.t() @ flat_x.to(g.dtype)).to(weight.dtype)
+            grad_w = (g.t() @ flat_x).to(weight.dtype)
         if need_b and ctx.has_bias:
             grad_b = g.sum(0)
         if need_v:
-            # SDDMM kernels take float32 / float64, not the bf16 / fp16 of mixed precision.
-            dtype = g.dtype if g.dtype in (torch.float32, torch.float64) else torch.float32
-            shape = tuple(weight.shape)
-            grad_v = gathered_gradient(g.to(dtype), flat_x.to(dtype), crow, col, shape).to(values.dtype)
-        return grad_x, grad_w, grad_b, grad_v, None, None, None
+            grad_v = gathered_gradient(grad_t, transposed(flat_x, exact), pattern).to(values.dtype)
+        return grad_x, grad_w, grad_b, grad_v, None, None
 
 
 class SparseDelta(nn.Module):
@@ -117,7 +184,7 @@ class SparseDelta(nn.Module):
         self._key: tuple[int, int, str] | None = None
         self._bounds: list[int] = []
         self._local: list[Tensor] = []
-        self._csr: list[tuple[Tensor, Tensor]] = []
+        self._patterns: list[Pattern] = []
 
     def set_selection(self, local: list[Tensor]) -> None:
         """Install per-matrix local flat positions (each sorted) and zero the values."""
@@ -142,7 +209,7 @@ class SparseDelta(nn.Module):
             self._local = [
                 flat[a:b] - start for (a, b), start in zip(pairwise(self._bounds), self.starts, strict=False)
             ]
-            self._csr = [csr_pattern(i, shape) for i, shape in zip(self._local, self.shapes, strict=True)]
+            self._patterns = [sparse_pattern(i, s) for i, s in zip(self._local, self.shapes, strict=True)]
         self._key = key
 
     def segment(self, slot: int) -> tuple[Tensor, Tensor]:
@@ -150,10 +217,10 @@ class SparseDelta(nn.Module):
         self._refresh()
         return self.values[self._bounds[slot] : self._bounds[slot + 1]], self._local[slot]
 
-    def pattern(self, slot: int) -> tuple[Tensor, Tensor]:
-        """(crow_indices, col_indices) of matrix ``slot``'s selection."""
+    def pattern(self, slot: int) -> Pattern:
+        """Matrix ``slot``'s selection as CSR and CSC."""
         self._refresh()
-        return self._csr[slot]
+        return self._patterns[slot]
 
     def counts(self) -> list[int]:
         """Selected entries per matrix."""
@@ -174,9 +241,11 @@ class SparseLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.merged:
             return self.base(x)
-        values, index = self.delta.segment(self.slot)
-        crow, col = self.delta.pattern(self.slot)
-        return SparseDeltaLinearFn.apply(x, self.base.weight, self.base.bias, values, index, crow, col)
+        values, _ = self.delta.segment(self.slot)
+        pattern = self.delta.pattern(self.slot)
+        return SparseDeltaLinearFn.apply(
+            x, self.base.weight, self.base.bias, values, pattern, compute_dtype(x)
+        )
 
     @torch.no_grad()
     def merge(self) -> None:
