@@ -29,7 +29,6 @@ from src.data.base import Normalize
 from src.data.image_files import DICOM_SUFFIXES, read_image
 from src.errors import UserError
 from src.melo import melo_to_adapter
-from src.merge import merge_adapters, unmerge_adapters
 from src.models.backbone import create_backbone
 from src.tasks import Task
 
@@ -98,7 +97,7 @@ def build_bank(
         checkpoint=checkpoint,
         model_kwargs=backbone.get("kwargs") or {},
     )
-    bank = AdapterBank(strategy.apply(model))
+    bank = AdapterBank(strategy.apply(model), strategy)
     for name, path in named.items():
         bank.add(name, path)
     return bank, backbone
@@ -123,16 +122,13 @@ def predict(
     normalize = Normalize(backbone["mean"], backbone["std"])
     probs, classes = {}, {}
     for name, adapter in bank.adapters.items():
-        bank.switch(name)
+        bank.switch(name, merge=merge)
         task = Task(adapter.metadata["task"], tuple(adapter.class_names))
-        merged = merge_adapters(bank.model) if merge else 0
         chunks, pixels = [], decoded[colors[name]]
         for i in range(0, len(pixels), batch_size):
             batch = torch.stack([normalize(img) for img in pixels[i : i + batch_size]])
             logits = bank.model(batch).float()
             chunks.append(logits.sigmoid() if task.type == "multilabel" else logits.softmax(-1))
-        if merged:
-            unmerge_adapters(bank.model)
         probs[name], classes[name] = torch.cat(chunks), adapter.class_names
     return files, probs, classes
 

@@ -2,7 +2,7 @@
 
 Reads finished MLflow runs of the chosen experiments (narrowed by tags and an MLflow filter) and lays them
 out as MeLo / MED-PEFT report them: one row per dataset (x label fraction), one column per strategy
-(``lora r4``: rank-bearing strategies carry their rank), each cell the mean ± sample std of ``metric`` over
+(as the strategy labels itself: ``lora r4``, ``sparse_shpeft 0.01%``, ``bitfit``), each cell the mean ± sample std of ``metric`` over
 the runs that share it (seeds, folds), with two closing rows giving each strategy's trainable share of the
 weights and adapter size. Written as Markdown (printed too), CSV (one line per cell, with n) and LaTeX.
 """
@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.atomic import atomic_write
 from src.config import PROJECT_ROOT
 from src.errors import UserError
+from src.strategies.base import table_label
 from src.summary import human_bytes
 from src.tracking.server import check_tracking
 
@@ -54,9 +55,8 @@ class Table:
 
 
 def strategy_label(run: Run) -> str:
-    peft = run.data.tags.get("peft") or run.data.params.get("peft.name", "?")
-    rank = run.data.params.get("peft.rank")  # only rank-bearing strategies have it
-    return f"{peft} r{rank}" if rank is not None else peft
+    settings = {k[len("peft.") :]: v for k, v in run.data.params.items() if k.startswith("peft.")}
+    return table_label({**settings, "name": run.data.tags.get("peft") or settings.get("name", "?")})
 
 
 def row_label(run: Run) -> str:

@@ -119,7 +119,9 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
         "trainable parameters: %s / %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
     )
 
-    module = ClassificationModule(model, task, OmegaConf.to_container(cfg.optim, resolve=True))
+    # the strategy's adapter parameters take no weight decay (the one rule of src/optim.py)
+    optim = {**OmegaConf.to_container(cfg.optim, resolve=True), "no_weight_decay": strategy.no_weight_decay()}
+    module = ClassificationModule(model, task, optim)
     if resume is not None:
         step = read_checkpoint(resume, module).get("global_step")
         log.info("resuming from %s (step %s)", resume, step)

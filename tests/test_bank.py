@@ -13,8 +13,7 @@ from src.errors import UserError
 from src.models.backbone import create_backbone
 from src.strategies.bitfit import BitFit
 from src.strategies.lora import LoRA
-
-TINY = {"name": "vit_tiny_patch16_224", "img_size": 32, "model_kwargs": {"patch_size": 8, "depth": 2}}
+from tests.conftest import TINY
 
 
 def model_for(classes: int, strategy, backbone: dict) -> torch.nn.Module:

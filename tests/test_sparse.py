@@ -26,8 +26,8 @@ from src.strategies.sparse.selection import select
 from src.strategies.sparse.strategy import rank_budget, sparse_layers
 from src.tasks import Task
 from src.train import build_model, fit
+from tests.conftest import TINY
 
-TINY = {"name": "vit_tiny_patch16_224", "img_size": 32, "model_kwargs": {"patch_size": 8, "depth": 2}}
 CLASSES = 3
 # Per block: qkv 192 x 576, proj 192 x 192, fc1 192 x 768, fc2 768 x 192; two blocks.
 ELIGIBLE = 2 * (192 * 576 + 192 * 192 + 192 * 768 + 768 * 192)

@@ -16,8 +16,7 @@ from src.config import validate_config
 from src.errors import UserError
 from src.models.backbone import create_backbone
 from src.train import main
-
-TINY = {"name": "vit_tiny_patch16_224", "img_size": 32, "model_kwargs": {"patch_size": 8, "depth": 2}}
+from tests.conftest import TINY
 
 
 def test_adapter_whose_head_and_class_names_disagree_is_refused(tmp_path: Path) -> None:

@@ -36,7 +36,6 @@ class ClassificationModule(L.LightningModule):
         images, target = batch
         loss = self.task.loss(self(images), target)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=1)
         return loss
 
     def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:
