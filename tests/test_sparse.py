@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from safetensors.torch import save_file
 from torch import nn
 
@@ -15,7 +16,6 @@ from src.adapter import load_adapter
 from src.bank import AdapterBank
 from src.errors import UserError
 from src.eval import evaluate
-from src.merge import merge_adapters, unmerge_adapters
 from src.models.backbone import create_backbone
 from src.strategies import count_parameters
 from src.strategies.lora import LoRA
@@ -243,7 +243,8 @@ def test_training_round_trip(make_cfg, tmp_path: Path) -> None:
     load_adapter(fresh, metrics["adapter_path"], expect={"strategy": "sparse"})
     torch.testing.assert_close(fresh.eval()(images), expected, rtol=0, atol=0)
 
-    assert merge_adapters(fresh) == 16
+    strategy = instantiate(cfg.peft)
+    assert strategy.merge(fresh) == 16
     torch.testing.assert_close(fresh(images), expected, rtol=1e-5, atol=1e-5)
     merged = {
         key.replace(".base.", "."): v
@@ -263,9 +264,9 @@ def test_training_round_trip(make_cfg, tmp_path: Path) -> None:
         if not n.startswith("head") and not any(n.startswith(f"{s}.") for s in sparse_layers(fresh))
     ]
     assert others and all(torch.equal(merged[n], backbone[n]) for n in others)
-    unmerge_adapters(fresh)
+    strategy.unmerge(fresh)
 
-    bank = AdapterBank(build_model(cfg, task)[0])
+    bank = AdapterBank(*build_model(cfg, task))
     bank.add("a", metrics["adapter_path"])
     bank.switch("a")
     torch.testing.assert_close(bank.model(images), expected, rtol=0, atol=0)
