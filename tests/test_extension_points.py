@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from src.adapter import save_adapter
@@ -23,7 +24,7 @@ from src.strategies.linear import LinearProbe
 from src.strategies.lora import LoRA
 from src.strategies.sparse import Sparse
 from src.train import train
-from tests.conftest import TINY, compose_train
+from tests.conftest import CONF, TINY, compose_train
 
 ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True}
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
@@ -168,3 +169,45 @@ def test_every_parameter_groups_lr_is_logged(make_cfg) -> None:
     assert all(r["lr-AdamW/decay"] == r["lr-AdamW/no_decay"] for r in logged)
     assert float(logged[0]["lr-AdamW/decay-weight_decay"]) == cfg.optim.weight_decay
     assert float(logged[0]["lr-AdamW/no_decay-weight_decay"]) == 0.0
+
+
+# What each file dataset composed to before the shared base (conf/dataset/base/files.yaml) existed: the
+# common block, and each dataset's own values in it.
+COMMON = {
+    "color": "gray",
+    "hflip": True,
+    "label_fraction": 1.0,
+    "label_fraction_seed": 0,
+    "cache": True,
+    "crop_margin": 0.125,
+    "on_bad_image": "error",
+    "batch_size": 32,
+    "num_workers": 2,
+}
+OWN = {
+    "blood_cells": {"color": "rgb"},
+    "chexpert": {"num_workers": 4},
+    "csv": {},
+    "image_folder": {},
+    "inbreast": {"batch_size": 16, "num_workers": 4},
+    "nih_cxr14": {"num_workers": 4},
+    "rsna_pneumonia": {"num_workers": 4},
+    "sz_cxr": {"batch_size": 16},
+}
+
+
+@pytest.mark.parametrize("dataset", list(OWN))
+def test_file_datasets_compose_the_shared_block_and_hold_only_their_own_keys(dataset: str) -> None:
+    cfg = compose_train([f"dataset={dataset}"])
+    d = cfg.dataset
+    assert {k: d[k] for k in COMMON} == {**COMMON, **OWN[dataset]}
+    assert (d.image_size, list(d.mean), list(d.std)) == (
+        cfg.backbone.img_size,
+        list(cfg.backbone.mean),
+        list(cfg.backbone.std),
+    )
+    assert d.cache_dir == f"{cfg.paths.data_dir}/cache" and d.name == dataset
+    own = OmegaConf.load(Path(CONF) / "dataset" / f"{dataset}.yaml")
+    restated = {k for k in COMMON if k in own and own[k] == COMMON[k]}
+    assert not restated, f"conf/dataset/{dataset}.yaml repeats the base's {restated}"
+    assert list(own.defaults) == ["base/files@_here_", "_self_"]
