@@ -16,7 +16,6 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -24,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.adapter import read_metadata
 from src.atomic import atomic_write
 from src.bank import AdapterBank
-from src.config import PROJECT_ROOT
+from src.config import hydra_entry
 from src.data.base import Normalize
 from src.data.image_files import DICOM_SUFFIXES, read_image
 from src.errors import UserError
@@ -144,7 +143,7 @@ def write_csv(
             writer.writerow([str(file)] + [f"{v:.6f}" for name in probs for v in probs[name][row].tolist()])
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="predict")
+@hydra_entry("predict")
 def main(cfg: DictConfig) -> None:
     raw = cfg.adapters
     adapters = [] if raw is None else [raw] if isinstance(raw, str) else OmegaConf.to_container(raw)

@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
 
 from src.atomic import atomic_write
-from src.config import PROJECT_ROOT
+from src.config import hydra_entry
 from src.errors import UserError
 from src.strategies.base import table_label
 from src.summary import human_bytes
@@ -215,7 +214,7 @@ def report(cfg: DictConfig) -> tuple[Table, list[Path]]:
     return table, paths
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="report")
+@hydra_entry("report")
 def main(cfg: DictConfig) -> None:
     try:
         table, paths = report(cfg)

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -26,7 +25,7 @@ from torch import nn
 
 from src.adapter import class_names_json, save_adapter
 from src.checkpoint_io import read_checkpoint
-from src.config import PROJECT_ROOT, instantiate_user, validate_config
+from src.config import hydra_entry, instantiate_user, validate_config
 from src.data.base import ClassificationDataModule
 from src.errors import Preempted, UserError, as_user_error
 from src.figures import write_figures
@@ -185,7 +184,7 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     return metrics, model
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
+@hydra_entry("train")
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)

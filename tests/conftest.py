@@ -14,10 +14,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from src.config import PROJECT_ROOT
+from src.config import PROJECT_ROOT, register_resolvers
 from src.models.backbone import create_backbone
 
 CONF = str(PROJECT_ROOT / "conf")
+register_resolvers()  # the tests compose conf/ directly, as the entry points do after hydra_entry
 # The smallest timm ViT the unit tests build (2 blocks, width 192, 8 px patches at 32 px): the one definition
 # every test file uses, through the `tiny_model` fixture or `create_backbone(**TINY)`.
 TINY = {"name": "vit_tiny_patch16_224", "img_size": 32, "model_kwargs": {"patch_size": 8, "depth": 2}}

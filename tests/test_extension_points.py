@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from src.adapter import save_adapter
@@ -211,3 +211,24 @@ def test_file_datasets_compose_the_shared_block_and_hold_only_their_own_keys(dat
     restated = {k for k in COMMON if k in own and own[k] == COMMON[k]}
     assert not restated, f"conf/dataset/{dataset}.yaml repeats the base's {restated}"
     assert list(own.defaults) == ["base/files@_here_", "_self_"]
+
+
+def test_conf_composes_once_resolvers_are_registered_and_roots_at_the_package(monkeypatch, tmp_path) -> None:
+    """Importing src.config registers nothing; the project root comes from the package, never from a
+    PROJECT_ROOT another tool left in the environment."""
+    import importlib
+
+    import src.config
+
+    monkeypatch.setenv("PROJECT_ROOT", str(tmp_path))
+    for name in ("project_root", "timm_name", "timm_norm", "linear_scaled_lr", "when_null", "auto_precision"):
+        OmegaConf.clear_resolver(name)
+    importlib.reload(src.config)
+    assert not OmegaConf.has_resolver("project_root")
+    src.config.register_resolvers()
+    cfg = compose_train(["experiment=medpeft"])  # uses timm_name, when_null, linear_scaled_lr...
+    root = Path(__file__).resolve().parents[1]
+    assert cfg.paths.root_dir == str(root) and cfg.paths.log_dir == str(root / "outputs")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    src.config.validate_config(cfg)  # every interpolation of the composed config resolves
