@@ -232,3 +232,37 @@ def test_conf_composes_once_resolvers_are_registered_and_roots_at_the_package(mo
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)
     src.config.validate_config(cfg)  # every interpolation of the composed config resolves
+
+
+def test_every_imported_package_is_declared() -> None:
+    """Each third-party top-level import of src/, tests/ and bench/ maps (through the installed
+    distributions' own records) to a requirement in pyproject.toml, runtime or dev."""
+    import ast
+    import re
+    import sys
+    from importlib.metadata import packages_distributions
+
+    root = Path(__file__).resolve().parents[1]
+    imported: set[str] = set()
+    for folder in ("src", "tests", "bench"):
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    local = {"src", "tests", "write_result", "__future__"}
+    third_party = {m for m in imported - local if m not in sys.stdlib_module_names}
+    text = (root / "pyproject.toml").read_text()
+    declared = {
+        re.split(r"[<>=!~\[; ]", req)[0].lower().replace("_", "-")
+        for block in re.findall(r"(?:dependencies|dev) = \[(.*?)\n\]", text, re.S)
+        for req in re.findall(r'^\s*"([^"]+)"', block, re.M)
+    }
+    owners = packages_distributions()
+    missing = {
+        m: owners.get(m)
+        for m in third_party
+        if not {d.lower().replace("_", "-") for d in owners.get(m, [m])} & declared
+    }
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"

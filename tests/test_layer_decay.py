@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -96,4 +97,5 @@ def test_a_run_trains_with_layer_decay_warmup_epochs_and_drop_path(make_cfg) -> 
     cfg = make_cfg(
         "optim.layer_decay=0.65", "optim.warmup_epochs=1", "+backbone.kwargs.drop_path_rate=0.1", "debug=fdr"
     )
-    assert 0.0 <= train(cfg)["test/auroc"] <= 1.0
+    metrics = train(cfg)
+    assert math.isfinite(metrics["test/loss"])  # the run trained and tested without blowing up
