@@ -67,7 +67,7 @@ def main() -> None:
         full = tmp / "full.safetensors"
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(full))
 
-        bank = AdapterBank(build(2))
+        bank = AdapterBank(build(2), LoRA(rank=4, alpha=4))
         bank.model.load_state_dict(backbone, strict=False)
         for task in CLASSES:
             bank.add(task, tmp / f"{task}.safetensors")

@@ -1,11 +1,11 @@
 """Pocket replication of the papers' claim on the synthetic downstream task with the pocket backbone.
 
-Linear probe, LoRA r=1/4/16, BitFit and full fine-tuning, each with the same budget of optimizer steps
+Linear probe, LoRA r=1/4/16, BitFit, sparse (at LoRA r=4's count), SSF and full fine-tuning, each with the same budget of optimizer steps
 (same epochs, batch and data) and several training seeds, from the shipped pretrained `tiny` backbone;
 LoRA r=4 and full fine-tuning also from random weights, to measure what pretraining contributes.
 Writes a table (test AUROC mean ± std, trainable %, adapter size) and a plot of AUROC vs trainable parameters.
 
-    python bench/bench_pocket_replication.py [--seeds 0 1 2] [--epochs 10] [--lr-full 3e-4]
+    python bench/bench_pocket_replication.py [--seeds 0 1 2] [--epochs 10] [--lr-full 3e-4] [--arms lora ssf]
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ ARMS = [
     ("lora r=4", ["peft=lora", "rank=4"]),
     ("lora r=16", ["peft=lora", "rank=16"]),
     ("bitfit", ["peft=bitfit"]),
+    ("sparse (LoRA r=4's count)", ["peft=sparse", "rank=4"]),
+    ("ssf", ["peft=ssf"]),
     ("full", ["peft=full"]),
     # The same two arms without pretraining: what the pocket backbone is worth.
     ("lora r=4, random init", ["peft=lora", "rank=4", "backbone.checkpoint=null"]),
@@ -57,10 +59,14 @@ def main() -> None:
     parser.add_argument(
         "--lr-full", type=float, default=3e-4, help="full fine-tuning lr (PEFT arms keep the default)"
     )
+    parser.add_argument(
+        "--arms", nargs="+", default=None, help="only the arms whose label starts with one of these"
+    )
     args = parser.parse_args()
     rows = []
     started = time.perf_counter()
-    for label, overrides in ARMS:
+    arms = [a for a in ARMS if args.arms is None or a[0].startswith(tuple(args.arms))]
+    for label, overrides in arms:
         scores, last = [], {}
         for seed in args.seeds:
             extra = [f"seed={seed}", f"trainer.max_epochs={args.epochs}"]

@@ -1,9 +1,12 @@
 """An adapter bank: many task adapters over one frozen backbone in memory (MeLo's task plug-ins).
 
-Every adapter file of the bank must come from the same backbone and strategy structure (e.g. LoRA r=4 on
-qkv); the class count may differ per task. ``switch(name)`` points the model's adapted parameters at that
-task's tensors and swaps in its head: no copy of the backbone, no rebuild, no file read. Meant for
-inference: training after a switch would write into the bank's stored tensors.
+Every adapter file of the bank must come from the same backbone and strategy structure (the metadata keys
+the strategy names in ``structure_keys``, e.g. LoRA's rank, alpha and targets); the class count may differ
+per task. ``switch(name)`` points the model's adapted parameters at that task's tensors and swaps in its
+head: no copy of the backbone, no rebuild, no file read. ``switch(name, merge=True)`` also folds the adapter
+into the frozen weights (plain-backbone inference cost); the next switch first restores the frozen weights
+bit for bit (:mod:`src.merge`), so the shared backbone never drifts however many tasks take turns. Meant
+for inference: training after a switch would write into the bank's stored tensors.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from torch import Tensor, nn
 from src.adapter import read_adapter
 from src.errors import UserError
 from src.models.backbone import head_parameter_prefixes
+from src.strategies.base import Strategy
 
-# Metadata that fixes the module structure the adapter's tensors plug into.
-STRUCTURE = ("backbone", "img_size", "strategy", "rank", "alpha", "target_modules", "targets")
+# Metadata of every adapter that fixes the model its tensors plug into; the strategy adds its own keys.
+BACKBONE_KEYS = ("backbone", "img_size")
 
 
 @dataclass
@@ -35,8 +39,12 @@ class TaskAdapter:
 
 
 class AdapterBank:
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, strategy: Strategy) -> None:
+        """``model``: built by ``strategy.apply`` (the structure every adapter of the bank must share)."""
         self.model = model.eval()
+        self.strategy = strategy
+        self.structure = (*BACKBONE_KEYS, *strategy.structure_keys())
+        self.merged = False
         self.head_prefix = head_parameter_prefixes(model)[0]
         self.head_name = self.head_prefix.rstrip(".")
         # Buffers too: an adapter may carry some (e.g. the positions of sparse delta values).
@@ -50,7 +58,7 @@ class AdapterBank:
         meta, tensors = read_adapter(path)
         if self.adapters:
             first = next(iter(self.adapters.values()))
-            wrong = [k for k in STRUCTURE if meta.get(k) != first.metadata.get(k)]
+            wrong = [k for k in self.structure if meta.get(k) != first.metadata.get(k)]
             if wrong:
                 detail = ", ".join(f"{k} {meta.get(k)!r} vs {first.metadata.get(k)!r}" for k in wrong)
                 raise UserError(f"adapter {path} does not fit the bank (first: {first.name}): {detail}.")
@@ -78,14 +86,20 @@ class AdapterBank:
         self.adapters[name] = adapter
         return adapter
 
-    def switch(self, name: str) -> TaskAdapter:
-        """Make ``name`` the active task: O(number of adapted tensors) pointer swaps, no copies."""
+    def switch(self, name: str, merge: bool = False) -> TaskAdapter:
+        """Make ``name`` the active task: O(number of adapted tensors) pointer swaps, no copies; with
+        ``merge`` its adapter is then folded into the frozen weights (where the strategy can)."""
         if name not in self.adapters:
             raise UserError(f"no adapter {name!r} in the bank; it holds {', '.join(self.adapters)}.")
         adapter = self.adapters[name]
+        if self.merged:  # restore the frozen weights exactly before another task's tensors come in
+            self.strategy.unmerge(self.model)
+            self.merged = False
         for key, tensor in adapter.tensors.items():
             self.params[key].data = tensor
         parent, _, child = self.head_name.rpartition(".")
         setattr(self.model.get_submodule(parent) if parent else self.model, child, adapter.head)
         self.active = name
+        if merge:
+            self.merged = self.strategy.merge(self.model) > 0
         return adapter

@@ -20,11 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from src.config import PROJECT_ROOT
+from src.config import hydra_entry
 from src.errors import UserError
 from src.stats.bootstrap import bootstrap_auroc, bootstrap_p, macro, percentile_ci
 from src.stats.delong import delong_test, per_class_auroc
@@ -183,7 +182,7 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     return {**result, "runs": [str(r) for r in runs]}
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="compare")
+@hydra_entry("compare")
 def main(cfg: DictConfig) -> None:
     try:
         result = compare(cfg)

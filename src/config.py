@@ -1,12 +1,16 @@
-"""Config plumbing shared by the entry points: resolvers, validation, flattening."""
+"""Config plumbing shared by the entry points: the project root, resolvers, validation, flattening.
+
+Importing this module changes nothing global: whoever composes ``conf/`` registers the resolvers first
+(:func:`hydra_entry` for the entry points, ``tests/conftest.py``, :func:`src.resume.new_run_dir`).
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -18,9 +22,11 @@ from src.errors import UserError
 from src.models.timm_names import timm_name, timm_norm
 from src.recipes import linear_scaled_lr, when_null
 
+# The repository this package sits in, found from the package itself (never from the environment, where
+# another tool's PROJECT_ROOT could silently move every run). conf/paths/default.yaml anchors outputs/ and
+# data/ here through ${project_root:}, so runs land in the repository whatever the cwd.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# conf/paths/default.yaml anchors outputs/ and data/ here, so runs land in the repository whatever the cwd.
-os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+CONF_DIR = PROJECT_ROOT / "conf"
 
 
 def auto_precision() -> str:
@@ -33,6 +39,7 @@ def auto_precision() -> str:
 def register_resolvers() -> None:
     """Register the OmegaConf resolvers our YAML uses; safe to call more than once."""
     resolvers = {
+        "project_root": lambda: str(PROJECT_ROOT),
         "auto_precision": auto_precision,
         "timm_name": timm_name,
         # a ListConfig, not a list: OmegaConf.resolve cannot store a resolver's plain list
@@ -45,7 +52,11 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
-register_resolvers()
+def hydra_entry(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """``hydra.main`` over ``conf/`` with the resolvers registered first, at the entry point's definition:
+    Hydra composes, and its launchers' workers (joblib, SLURM) resolve the run dirs, before the task runs."""
+    register_resolvers()
+    return hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
 
 
 def validate_config(cfg: DictConfig) -> None:

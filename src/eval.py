@@ -20,12 +20,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from src.checkpoint_io import read_checkpoint
-from src.config import PROJECT_ROOT, instantiate_user
+from src.config import hydra_entry, instantiate_user
 from src.errors import UserError
 from src.models.module import ClassificationModule
 from src.quiet import silence_noise
@@ -107,7 +106,7 @@ def compare(now: dict[str, float], logged: dict[str, Any], tolerance: float) -> 
     return "\n".join(rows), ok
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="eval")
+@hydra_entry("eval")
 def main(cfg: DictConfig) -> None:
     silence_noise()
     try:

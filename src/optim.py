@@ -1,109 +1,119 @@
-"""Optimizers, layer-wise lr decay and the warm-up + cosine learning-rate schedule."""
+"""Optimizers (Hydra ``_partial_`` targets), their parameter groups and the warm-up + cosine schedule.
+
+Parameter groups come from timm's own helpers (``param_groups_weight_decay``, ``param_groups_layer_decay``),
+with one weight-decay rule for every strategy:
+
+* weight decay applies only to the trainable matrices the model already had: the new head's weight, and the
+  backbone's weights under full fine-tuning;
+* exempt: 1-D tensors and biases (norms, BitFit), the names the backbone's ``no_weight_decay()`` gives
+  (``pos_embed``, ``cls_token``: timm's and MAE's convention), and every **adapter parameter** a strategy adds,
+  named by its :meth:`~src.strategies.base.Strategy.no_weight_decay` patterns (LoRA / DoRA ``A``, ``B`` and
+  magnitudes, sparse ``values``, SSF ``scale`` / ``shift``).
+
+Why adapters are exempt: decay pulls a parameter towards zero, which means something different in every
+parametrisation (LoRA's update ``B A`` shrinks quadratically, a sparse delta linearly, an SSF scale towards
+zero would switch features off), so decaying them would make strategy comparisons depend on the
+parametrisation rather than on the budget. Before this rule LoRA's ``A`` / ``B`` took 0.05 and sparse values
+(1-D) took 0, which biased the LoRA-vs-sparse comparison.
+"""
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from src.errors import UserError
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-# Parameters before the first transformer block: layer 0 under layer-wise lr decay.
-EMBEDDING_NAMES = ("cls_token", "reg_token", "dist_token", "pos_embed", "patch_embed", "norm_pre")
-BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+OptimizerFactory = Callable[..., Optimizer]
 
 
-def no_weight_decay(name: str, p: nn.Parameter) -> bool:
-    """Biases, norms and embeddings take no weight decay (timm's and MAE's convention)."""
-    return p.ndim <= 1 or name.endswith((".cls_token", ".pos_embed", "cls_token", "pos_embed"))
+def exempt_names(model: nn.Module, adapter_patterns: Iterable[str] = ()) -> list[str]:
+    """The ``no_weight_decay_list`` for timm's helpers: the backbone's own exemptions (exact names, for
+    timm models ``pos_embed`` / ``cls_token`` ...) plus the strategy's adapter patterns (fnmatch)."""
+    own = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    return sorted({*own, *adapter_patterns})
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters only, split into weight-decayed and not."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if no_weight_decay(name, p) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
-
-
-def layer_id(name: str, num_blocks: int) -> int:
-    """Depth of a ViT parameter: embeddings 0, ``blocks.i`` i + 1, everything after the blocks L + 1.
-
-    As MAE's ``get_layer_id_for_vit``; adapter weights injected into a block (``blocks.3.attn.qkv.lora_A...``)
-    take their block's depth.
-    """
-    match = BLOCK_INDEX.search(name)
-    if match:
-        return int(match.group(1)) + 1
-    return 0 if name.split(".")[0] in EMBEDDING_NAMES else num_blocks + 1
-
-
-def layer_decay_groups(model: nn.Module, weight_decay: float, lr: float, decay: float) -> list[dict]:
-    """Layer-wise lr decay (Clark et al., 2020; BEiT / MAE fine-tuning): lr x decay^(L + 1 - layer).
-
-    The head and final norms train at ``lr``, block i at ``lr * decay^(L - i)``, the embeddings at
-    ``lr * decay^(L + 1)``. Groups come deepest first, so ``param_groups[0]`` holds the undecayed lr.
-    """
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    layer_decay: float | None = None,
+    no_weight_decay: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """Trainable parameters only, grouped by timm: weight decay per the module's rule, and with
+    ``layer_decay`` an lr of ``lr * decay^(L + 1 - layer)`` per depth (Clark et al., 2020; BEiT / MAE
+    fine-tuning: head and final norm at ``lr``, block i at ``lr * decay^(L - i)``, embeddings at
+    ``lr * decay^(L + 1)``; adapter weights inside a block take their block's depth, parameters outside
+    every block, such as the flat sparse delta, the top lr). Groups come deepest (largest lr) first."""
+    exempt = exempt_names(model, no_weight_decay)
+    if layer_decay is None:
+        groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=exempt)
+        return [{**g, "name": "decay" if g["weight_decay"] else "no_decay"} for g in groups]
     blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.Sequential | nn.ModuleList) or not 0 < decay <= 1:
+    if not isinstance(blocks, nn.Sequential | nn.ModuleList) or not 0 < layer_decay <= 1:
         raise UserError(
-            f"optim.layer_decay={decay} needs a ViT-like backbone with `blocks` and a value in (0, 1] "
+            f"optim.layer_decay={layer_decay} needs a ViT-like backbone with `blocks` and a value in (0, 1] "
             "(0.65 to 0.75 in MAE fine-tuning); set optim.layer_decay=null to turn it off."
         )
-    num_blocks = len(blocks)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        layer, skip = layer_id(name, num_blocks), no_weight_decay(name, p)
-        scale = decay ** (num_blocks + 1 - layer)
-        group = groups.setdefault(
-            (layer, skip),
-            {
-                "params": [],
-                "weight_decay": 0.0 if skip else weight_decay,
-                "lr": lr * scale,
-                "lr_scale": scale,
-            },
+    groups = param_groups_layer_decay(
+        model, weight_decay, no_weight_decay_list=exempt, layer_decay=layer_decay
+    )
+    for group in groups:  # timm's schedulers read lr_scale; torch's LambdaLR scales each group's own lr
+        group["lr"] = lr * group["lr_scale"]
+        # The per-group name LearningRateMonitor logs under (lr-AdamW/x0.116_decay)
+        group["name"] = f"x{group['lr_scale']:.3g}_{'decay' if group['weight_decay'] else 'no_decay'}"
+    return sorted(groups, key=lambda g: -g["lr_scale"])
+
+
+def optimizer_factory(optimizer: OptimizerFactory | Mapping[str, Any]) -> OptimizerFactory:
+    """``optim.optimizer`` as a callable ``(params, lr=..., weight_decay=...) -> Optimizer``: a Hydra node
+    with ``_target_`` and ``_partial_: true`` (e.g. ``torch.optim.AdamW``) or the partial itself."""
+    if callable(optimizer):
+        return optimizer
+    target = optimizer.get("_target_") if isinstance(optimizer, Mapping) else None
+    if target is None or not optimizer.get("_partial_"):
+        raise UserError(
+            f"optim.optimizer={optimizer!r} must be a Hydra node with _target_ (e.g. torch.optim.AdamW) and "
+            "_partial_: true; see conf/optim/adamw.yaml."
         )
-        group["params"].append(p)
-    return sorted(groups.values(), key=lambda g: -g["lr_scale"])
+    try:
+        return instantiate(optimizer)
+    except InstantiationException as err:
+        raise UserError(
+            f"optim.optimizer._target_={target!r} cannot be built ({str(err).splitlines()[0]}); give an "
+            "importable optimizer class such as torch.optim.AdamW, torch.optim.SGD or timm.optim.Lamb."
+        ) from None
 
 
 def build_optimizer(
     model: nn.Module,
-    name: str = "adamw",
+    optimizer: OptimizerFactory | Mapping[str, Any],
     lr: float = 1e-3,
     weight_decay: float = 0.0,
-    momentum: float = 0.9,
-    betas: Iterable[float] = (0.9, 0.999),
     layer_decay: float | None = None,
+    no_weight_decay: Iterable[str] = (),
 ) -> Optimizer:
     """The optimizer over the model's trainable parameters; frozen weights get no state at all.
 
-    ``layer_decay`` (e.g. 0.65) gives each transformer block its own lr, see :func:`layer_decay_groups`.
+    ``no_weight_decay``: fnmatch patterns of the strategy's adapter parameters (see the module docstring).
     """
-    if layer_decay is None:
-        groups = param_groups(model, weight_decay)
-    else:
-        groups = layer_decay_groups(model, weight_decay, lr, layer_decay)
-    if not groups:
+    groups = param_groups(model, lr, weight_decay, layer_decay, no_weight_decay)
+    if not any(g["params"] for g in groups):
         raise UserError("the model has no trainable parameters: check the `peft` strategy's settings.")
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(betas))
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    raise UserError(f"optim.name={name!r} is unknown; choose one of {', '.join(OPTIMIZERS)}.")
+    factory = optimizer_factory(optimizer)
+    try:
+        return factory(groups, lr=lr, weight_decay=weight_decay)
+    except TypeError as err:
+        raise UserError(f"optim.optimizer does not accept its settings: {err}.") from None
 
 
 def warmup_steps(total_steps: int, max_epochs: int, fraction: float, epochs: float | None = None) -> int:

@@ -25,7 +25,6 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -33,13 +32,12 @@ from omegaconf import DictConfig, OmegaConf
 from src.adapter import read_metadata
 from src.atomic import atomic_write
 from src.bank import AdapterBank
-from src.config import PROJECT_ROOT
+from src.config import hydra_entry
 from src.data.base import Normalize
 from src.data.protocol_dataset import predict_inputs
 from src.data.transforms import Decode
 from src.errors import UserError
 from src.melo import melo_to_adapter
-from src.merge import merge_adapters, unmerge_adapters
 from src.models.backbone import create_backbone
 from src.predict_inputs import DecodedInputs, check_options, collect_inputs, decode_inputs, write_errors
 from src.prediction_columns import AdapterTask, adapter_tasks, check_threshold
@@ -96,7 +94,7 @@ def build_bank(
         model_kwargs=backbone.get("kwargs") or {},
         allow_missing=backbone.get("allow_missing") or [],
     )
-    bank = AdapterBank(strategy.apply(model))
+    bank = AdapterBank(strategy.apply(model), strategy)
     for name, path in named.items():
         bank.add(name, path)
     return bank, backbone
@@ -129,20 +127,17 @@ def predict(
     normalize = Normalize(backbone["mean"], backbone["std"])
     probs, classes = {}, {}
     for name, adapter in bank.adapters.items():
-        bank.switch(name)
+        bank.switch(name, merge=merge)
         task = Task(
             adapter.metadata["task"],
             tuple(adapter.class_names),
             binary_head=adapter.metadata.get("binary_head", "softmax"),
         )
-        merged = merge_adapters(bank.model) if merge else 0
         chunks, batches = [], adapter_batches(inputs_, modes[name], adapter.metadata, backbone, normalize)
         for i in range(0, len(inputs_.rows), batch_size):
             batch = batches(i, i + batch_size)
             logits = bank.model(batch).float()
             chunks.append(task.probabilities(logits))
-        if merged:
-            unmerge_adapters(bank.model)
         empty = torch.empty(0, len(adapter.class_names))
         probs[name], classes[name] = torch.cat(chunks) if chunks else empty, adapter.class_names
     if refused is not None:
@@ -185,7 +180,7 @@ def write_csv(
         writer.writerows(csv_rows(files, probs, tasks, threshold))
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="predict")
+@hydra_entry("predict")
 def main(cfg: DictConfig) -> None:
     raw = cfg.adapters
     adapters = [] if raw is None else [raw] if isinstance(raw, str) else OmegaConf.to_container(raw)

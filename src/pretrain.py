@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from src.atomic import atomic_write
-from src.config import PROJECT_ROOT
+from src.config import hydra_entry
 from src.entry import exit_with_error
 from src.errors import UserError
 from src.models.backbone import head_parameter_prefixes
@@ -94,7 +93,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     return {**metrics, "export": str(cfg.export), "metadata": meta}
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="pretrain")
+@hydra_entry("pretrain")
 def main(cfg: DictConfig) -> None:
     silence_noise()
     try:

@@ -3,7 +3,7 @@
 Reads finished MLflow runs of the chosen experiments (default: every experiment in the store at
 ``tracking_uri``, which follows ``MLFLOW_TRACKING_URI``; narrowed by tags and an MLflow filter) and lays them
 out as MeLo / MED-PEFT report them: one row per dataset (x label fraction), one column per strategy
-(``lora r4``: rank-bearing strategies carry their rank), each cell the mean ± sample std of ``metric`` over
+(as the strategy labels itself: ``lora r4``, ``sparse_shpeft 0.01%``, ``bitfit``), each cell the mean ± sample std of ``metric`` over
 the runs that share it (seeds, folds) or, for a single run, its value and bootstrap CI, with two closing rows
 giving each strategy's trainable share of the weights and adapter size. Runs that differ in any other setting
 are never pooled: they are shown apart, with a note saying what differed (:mod:`src.pooling`). Written as Markdown (printed too), CSV (one line per cell, with n) and LaTeX.
@@ -26,14 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
 
 from src.atomic import atomic_write
-from src.config import PROJECT_ROOT
+from src.config import hydra_entry
 from src.errors import UserError
 from src.pooling import describe, split_by_settings
 from src.report_stats import (
@@ -44,6 +43,7 @@ from src.report_stats import (
     run_ci,
     write_comparisons,
 )
+from src.strategies.base import table_label
 from src.summary import human_bytes
 from src.tracking.server import check_tracking
 
@@ -76,9 +76,8 @@ class Table:
 
 
 def strategy_label(run: Run) -> str:
-    peft = run.data.tags.get("peft") or run.data.params.get("peft.name", "?")
-    rank = run.data.params.get("peft.rank")  # only rank-bearing strategies have it
-    return f"{peft} r{rank}" if rank is not None else peft
+    settings = {k[len("peft.") :]: v for k, v in run.data.params.items() if k.startswith("peft.")}
+    return table_label({**settings, "name": run.data.tags.get("peft") or settings.get("name", "?")})
 
 
 def row_label(run: Run) -> str:
@@ -286,7 +285,7 @@ def report(cfg: DictConfig) -> tuple[Table, list[Path]]:
     return table, paths
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="report")
+@hydra_entry("report")
 def main(cfg: DictConfig) -> None:
     try:
         table, paths = report(cfg)

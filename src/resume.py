@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import PROJECT_ROOT
+from src.config import PROJECT_ROOT, register_resolvers
 from src.errors import UserError
 from src.tracking.mlflow_logger import MLflowLogger
 
@@ -50,6 +50,7 @@ def _saved_overrides(run_dir: Path) -> list[str] | None:
 def new_run_dir(args: Sequence[str], config_name: str = "train") -> Path:
     """The run dir Hydra would create for these overrides (its parent holds the earlier runs)."""
     overrides = [a for a in args if not a.startswith("-") and not a.startswith(("resume=", "+resume="))]
+    register_resolvers()
     try:
         with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)

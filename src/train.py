@@ -20,7 +20,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -33,7 +32,7 @@ from torch import nn
 from src.adapter import class_names_json, save_adapter
 from src.callbacks.prepare import StrategyPrepare
 from src.checkpoint_io import read_checkpoint, remove_partial_writes
-from src.config import PROJECT_ROOT, instantiate_user, validate_config
+from src.config import hydra_entry, instantiate_user, validate_config
 from src.data.base import ClassificationDataModule
 from src.data.protocol_dataset import decoding_metadata
 from src.entry import exit_with_error, log_to_files
@@ -164,9 +163,9 @@ def build(cfg: DictConfig) -> Run:
     log.info(
         "trainable parameters: %s / %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
     )
-    module = ClassificationModule(
-        model, task, OmegaConf.to_container(cfg.optim, resolve=True), backbone_config(cfg)
-    )
+    # the strategy's adapter parameters take no weight decay (the one rule of src/optim.py)
+    optim = {**OmegaConf.to_container(cfg.optim, resolve=True), "no_weight_decay": strategy.no_weight_decay()}
+    module = ClassificationModule(model, task, optim, backbone_config(cfg))
     resume, step, extra = resume_checkpoint(cfg), None, []
     if resume is None:
         # The strategy looks at the batches one process would see (a resumed run has its result in last.ckpt).
@@ -289,7 +288,7 @@ def fit(cfg: DictConfig) -> tuple[dict[str, Any], nn.Module]:
     return finalise(run, scores), run.model
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
+@hydra_entry("train")
 def main(cfg: DictConfig) -> float | None:
     silence_noise()
     try:

@@ -12,10 +12,16 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
+from torch import nn
 
-from src.config import PROJECT_ROOT
+from src.config import PROJECT_ROOT, register_resolvers
+from src.models.backbone import create_backbone
 
 CONF = str(PROJECT_ROOT / "conf")
+register_resolvers()  # the tests compose conf/ directly, as the entry points do after hydra_entry
+# The smallest timm ViT the unit tests build (2 blocks, width 192, 8 px patches at 32 px): the one definition
+# every test file uses, through the `tiny_model` fixture or `create_backbone(**TINY)`.
+TINY = {"name": "vit_tiny_patch16_224", "img_size": 32, "model_kwargs": {"patch_size": 8, "depth": 2}}
 # Small enough for a CPU test, large enough that every batch holds both classes.
 TINY_DATA = [
     "dataset.sizes.train=64",
@@ -45,6 +51,16 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
     def make(*overrides: str, logger: str = "none") -> DictConfig:
         return compose_train([*TINY_DATA, f"logger={logger}", *overrides], tmp_path)
+
+    return make
+
+
+@pytest.fixture
+def tiny_model() -> Callable[..., nn.Module]:
+    """``tiny_model(num_classes=2, **create_backbone kwargs)``: a fresh TINY classifier, random weights."""
+
+    def make(num_classes: int = 2, **kwargs: object) -> nn.Module:
+        return create_backbone(num_classes=num_classes, **{**TINY, **kwargs})[0]
 
     return make
 

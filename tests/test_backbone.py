@@ -13,8 +13,7 @@ from safetensors.torch import save_file
 
 from src.errors import UserError
 from src.models.backbone import create_backbone, load_checkpoint
-
-TINY = {"name": "vit_tiny_patch16_224", "img_size": 32, "model_kwargs": {"patch_size": 8, "depth": 2}}
+from tests.conftest import TINY
 
 
 def source_state(num_classes: int = 5) -> dict[str, torch.Tensor]:

@@ -13,8 +13,7 @@ from src.errors import UserError
 from src.models.backbone import create_backbone
 from src.strategies.bitfit import BitFit
 from src.strategies.lora import LoRA
-
-TINY = {"name": "vit_tiny_patch16_224", "img_size": 32, "model_kwargs": {"patch_size": 8, "depth": 2}}
+from tests.conftest import TINY
 
 
 def model_for(classes: int, strategy, backbone: dict) -> torch.nn.Module:
@@ -56,7 +55,7 @@ def test_switching_tasks_gives_each_tasks_own_outputs(backbone: dict, tmp_path: 
         n: make_adapter(tmp_path / f"{n}.safetensors", c, i, backbone)
         for i, (n, c) in enumerate(classes.items())
     }
-    bank = AdapterBank(model_for(2, LoRA(rank=2), backbone))
+    bank = AdapterBank(model_for(2, LoRA(rank=2), backbone), LoRA(rank=2))
     backbone_before = {
         k: v.clone() for k, v in bank.model.state_dict().items() if "lora_" not in k and "head" not in k
     }
@@ -75,7 +74,7 @@ def test_switching_tasks_gives_each_tasks_own_outputs(backbone: dict, tmp_path: 
 
 def test_bank_matches_load_adapter(backbone: dict, tmp_path: Path) -> None:
     make_adapter(tmp_path / "a.safetensors", 3, 5, backbone, BitFit())
-    bank = AdapterBank(model_for(2, BitFit(), backbone))
+    bank = AdapterBank(model_for(2, BitFit(), backbone), BitFit())
     bank.add("a", tmp_path / "a.safetensors")
     bank.switch("a")
     fresh = model_for(3, BitFit(), backbone)
@@ -88,11 +87,11 @@ def test_bank_matches_load_adapter(backbone: dict, tmp_path: Path) -> None:
 def test_bank_refuses_adapters_that_do_not_fit(backbone: dict, tmp_path: Path) -> None:
     make_adapter(tmp_path / "r2.safetensors", 2, 0, backbone, LoRA(rank=2))
     make_adapter(tmp_path / "r4.safetensors", 2, 0, backbone, LoRA(rank=4))
-    bank = AdapterBank(model_for(2, LoRA(rank=2), backbone))
+    bank = AdapterBank(model_for(2, LoRA(rank=2), backbone), LoRA(rank=2))
     bank.add("r2", tmp_path / "r2.safetensors")
     with pytest.raises(UserError, match="rank '4' vs '2'"):
         bank.add("r4", tmp_path / "r4.safetensors")
     with pytest.raises(UserError, match="does not match the bank's model"):
-        AdapterBank(model_for(2, LoRA(rank=2), backbone)).add("r4", tmp_path / "r4.safetensors")
+        AdapterBank(model_for(2, LoRA(rank=2), backbone), LoRA(rank=2)).add("r4", tmp_path / "r4.safetensors")
     with pytest.raises(UserError, match="no adapter 'x'"):
         bank.switch("x")

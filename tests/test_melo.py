@@ -18,8 +18,7 @@ from src.melo import export_melo, load_melo, melo_to_adapter
 from src.models.backbone import create_backbone
 from src.predict import predict
 from src.strategies.lora import LoRA
-
-TINY = {"name": "vit_tiny_patch16_224", "img_size": 32, "model_kwargs": {"patch_size": 8, "depth": 2}}
+from tests.conftest import TINY
 
 
 class MeloQKV(nn.Module):

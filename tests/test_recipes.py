@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src.adapter import adapter_tensors
 from src.config import PROJECT_ROOT, validate_config
 from src.errors import UserError
+from src.optim import build_optimizer
 from src.strategies import count_parameters
 from src.tasks import Task
 from src.train import build_model, train
@@ -77,8 +78,8 @@ def test_melo_recipe_builds_melo_model_and_protocol(dataset: str, tmp_path: Path
     cfg, model = build(["experiment=melo", f"dataset={dataset}"], tmp_path)
     size, tag, lr, batch, smoothing = MELO[dataset]
     assert cfg.backbone.name == f"vit_base_patch16_{size}.{tag}" and cfg.dataset.image_size == size
-    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_fraction) == (
-        "adam",
+    assert (cfg.optim.optimizer._target_, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_fraction) == (
+        "torch.optim.Adam",
         lr,
         1e-6,
         0,
@@ -120,8 +121,8 @@ MEDPEFT_LORA = {
 }
 MEDPEFT_FFT = {"mrm": (1e-2, 200), "cxr_mae": (5e-4, 400)}
 FOUNDATION = {  # optimizer, weight decay, layer decay, lr scaling by batch / 256, normalisation mean
-    "mrm": ("sgd", 0.0, None, 1.0, 0.4978),
-    "cxr_mae": ("adamw", 0.05, 0.65, 64 / 256, 0.4785),
+    "mrm": ("torch.optim.SGD", 0.0, None, 1.0, 0.4978),
+    "cxr_mae": ("torch.optim.AdamW", 0.05, 0.65, 64 / 256, 0.4785),
 }
 
 
@@ -148,7 +149,7 @@ def test_medpeft_recipe_encodes_the_papers_table(experiment: str, peft: str, tmp
         )
         assert cfg.optim.lr == pytest.approx(lr * lr_scale), (model, dataset, labels)
         assert (cfg.rank, cfg.trainer.max_epochs) == (rank, epochs), (model, dataset, labels)
-        assert (cfg.optim.name, cfg.optim.weight_decay, cfg.optim.layer_decay) == (
+        assert (cfg.optim.optimizer._target_, cfg.optim.weight_decay, cfg.optim.layer_decay) == (
             optim_name,
             wd,
             layer_decay,
@@ -156,7 +157,15 @@ def test_medpeft_recipe_encodes_the_papers_table(experiment: str, peft: str, tmp
         assert list(cfg.backbone.mean) == [mean] * 3 and cfg.backbone.checkpoint.endswith(".pth")
         assert cfg.dataset.label_fraction == LABELS[labels]
     assert (cfg.dataset.batch_size, cfg.optim.warmup_epochs, cfg.optim.min_lr) == (64, 5, 1e-6)
-    assert cfg.optim.momentum == 0.9 and cfg.trainer.gradient_clip_val is None
+    assert cfg.trainer.gradient_clip_val is None
+    # the recipe's optimizer node builds the paper's optimizer (MRM: SGD momentum 0.9; CXR-MAE: AdamW)
+    for model, cls in (("mrm", torch.optim.SGD), ("cxr_mae", torch.optim.AdamW)):
+        cfg.medpeft.model = model
+        node = OmegaConf.to_container(cfg.optim.optimizer, resolve=True)
+        opt = build_optimizer(
+            torch.nn.Linear(2, 2), node, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+        )
+        assert type(opt) is cls and opt.defaults.get("momentum", 0.9) == 0.9
 
 
 @pytest.mark.parametrize(

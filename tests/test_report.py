@@ -14,11 +14,13 @@ from src.report import report
 from tests.conftest import compose_train
 
 STRATEGIES = {"linear": (None, 0.021, 1900), "lora": ("4", 0.688, 51900)}
+TARGETS = {"linear": "src.strategies.linear.LinearProbe", "lora": "src.strategies.lora.LoRA"}
 
 
 def log_run(client: MlflowClient, exp: str, peft: str, value: float | None, **tags: str) -> None:
     rank, pct, size = STRATEGIES[peft]
     run = client.create_run(exp, tags={"peft": peft, "dataset": "synthetic", **tags})
+    client.log_param(run.info.run_id, "peft._target_", TARGETS[peft])  # the strategy labels its column
     if rank is not None:
         client.log_param(run.info.run_id, "peft.rank", rank)
     if value is not None:

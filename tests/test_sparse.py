@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from safetensors.torch import save_file
 from torch import nn
 
@@ -15,7 +16,6 @@ from src.adapter import load_adapter
 from src.bank import AdapterBank
 from src.errors import UserError
 from src.eval import evaluate
-from src.merge import merge_adapters, unmerge_adapters
 from src.models.backbone import create_backbone
 from src.strategies import count_parameters
 from src.strategies.lora import LoRA
@@ -26,8 +26,8 @@ from src.strategies.sparse.selection import select
 from src.strategies.sparse.strategy import rank_budget, sparse_layers
 from src.tasks import Task
 from src.train import build_model, fit
+from tests.conftest import TINY
 
-TINY = {"name": "vit_tiny_patch16_224", "img_size": 32, "model_kwargs": {"patch_size": 8, "depth": 2}}
 CLASSES = 3
 # Per block: qkv 192 x 576, proj 192 x 192, fc1 192 x 768, fc2 768 x 192; two blocks.
 ELIGIBLE = 2 * (192 * 576 + 192 * 192 + 192 * 768 + 768 * 192)
@@ -254,7 +254,8 @@ def test_training_round_trip(make_cfg, tmp_path: Path) -> None:
     load_adapter(fresh, metrics["adapter_path"], expect={"strategy": "sparse"})
     torch.testing.assert_close(fresh.eval()(images), expected, rtol=0, atol=0)
 
-    assert merge_adapters(fresh) == 16
+    strategy = instantiate(cfg.peft)
+    assert strategy.merge(fresh) == 16
     torch.testing.assert_close(fresh(images), expected, rtol=1e-5, atol=1e-5)
     merged = {
         key.replace(".base.", "."): v
@@ -274,9 +275,9 @@ def test_training_round_trip(make_cfg, tmp_path: Path) -> None:
         if not n.startswith("head") and not any(n.startswith(f"{s}.") for s in sparse_layers(fresh))
     ]
     assert others and all(torch.equal(merged[n], backbone[n]) for n in others)
-    unmerge_adapters(fresh)
+    strategy.unmerge(fresh)
 
-    bank = AdapterBank(build_model(cfg, task)[0])
+    bank = AdapterBank(*build_model(cfg, task))
     bank.add("a", metrics["adapter_path"])
     bank.switch("a")
     torch.testing.assert_close(bank.model(images), expected, rtol=0, atol=0)

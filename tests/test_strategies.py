@@ -13,8 +13,8 @@ from src.strategies.full import FullFineTuning
 from src.strategies.linear import LinearProbe
 from src.strategies.lora import LoRA
 from src.strategies.lora_qv import QVLoRALinear
+from tests.conftest import TINY
 
-TINY = {"name": "vit_tiny_patch16_224", "img_size": 32, "model_kwargs": {"patch_size": 8, "depth": 2}}
 D, BLOCKS, CLASSES = 192, 2, 3
 HEAD = D * CLASSES + CLASSES
 

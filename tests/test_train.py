@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from src.adapter import load_adapter, read_metadata
+from src.adapter import load_adapter, read_adapter, read_metadata
 from src.data.synthetic import SyntheticDataModule
 from src.errors import UserError
 from src.models.module import ClassificationModule
@@ -26,15 +26,18 @@ TASKS = ["synthetic", "synthetic_multiclass", "synthetic_multilabel"]
 @pytest.mark.parametrize("peft", STRATEGIES)
 def test_fast_dev_run_every_strategy(peft: str, make_cfg) -> None:
     metrics = train(make_cfg(f"peft={peft}", "debug=fdr"))
-    assert 0.0 <= metrics["test/auroc"] <= 1.0
-    assert metrics["trainable_params"] > 0
-    assert Path(metrics["adapter_path"]).is_file()
+    # the adapter file holds exactly what trained (plus integer positions for sparse), nothing frozen
+    _, tensors = read_adapter(metrics["adapter_path"])
+    floats = sum(t.numel() for t in tensors.values() if t.is_floating_point())
+    assert floats == metrics["trainable_params"] > 0
 
 
 @pytest.mark.parametrize("dataset", TASKS)
 def test_fast_dev_run_every_task_type(dataset: str, make_cfg) -> None:
     metrics = train(make_cfg(f"dataset={dataset}", "debug=fdr"))
-    assert 0.0 <= metrics["test/auroc"] <= 1.0
+    meta, tensors = read_adapter(metrics["adapter_path"])
+    outputs = {"synthetic": 2, "synthetic_multiclass": 4, "synthetic_multilabel": 3}[dataset]
+    assert tensors["head.weight"].shape[0] == len(json.loads(meta["class_names"])) == outputs
     if dataset.endswith("multilabel"):
         assert {"test/auroc/opacity", "test/auroc/cavity", "test/auroc/effusion"} <= set(metrics)
 
@@ -42,6 +45,9 @@ def test_fast_dev_run_every_task_type(dataset: str, make_cfg) -> None:
 def test_run_dir_outputs(make_cfg) -> None:
     cfg = make_cfg("debug=limit")
     metrics = train(cfg)
+    # Seeded: 2 short epochs of LoRA on the pocket backbone already find the opacities (0.82 measured;
+    # 32 test images, ~10 positives: chance 0.5 is ~4 standard errors below 0.7).
+    assert metrics["test/auroc"] >= 0.7
     out = Path(cfg.paths.output_dir)
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert metrics["best_checkpoint"] and Path(metrics["best_checkpoint"]).is_file()

@@ -24,27 +24,38 @@ def small_model() -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize(
-    ("name", "cls"), [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)]
-)
-def test_optimizers_see_only_trainable_params_and_skip_decay_on_vectors(name: str, cls: type) -> None:
-    opt = build_optimizer(small_model(), name=name, lr=0.1, weight_decay=0.05)
-    assert isinstance(opt, cls)
-    decay, no_decay = opt.param_groups
-    assert [p.shape for p in decay["params"]] == [(3, 4)] and decay["weight_decay"] == 0.05
-    assert [p.shape for p in no_decay["params"]] == [(3,), (3,)] and no_decay["weight_decay"] == 0.0
+PARTIALS = {
+    "adamw": ({"_target_": "torch.optim.AdamW", "_partial_": True, "betas": [0.9, 0.95]}, torch.optim.AdamW),
+    "adam": ({"_target_": "torch.optim.Adam", "_partial_": True}, torch.optim.Adam),
+    "sgd": ({"_target_": "torch.optim.SGD", "_partial_": True, "momentum": 0.9}, torch.optim.SGD),
+}
+
+
+@pytest.mark.parametrize("name", list(PARTIALS))
+def test_optimizers_see_only_trainable_params_and_skip_decay_on_vectors(name: str) -> None:
+    node, cls = PARTIALS[name]
+    opt = build_optimizer(small_model(), node, lr=0.1, weight_decay=0.05)
+    assert isinstance(opt, cls) and opt.defaults["lr"] == 0.1
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert [p.shape for p in groups["decay"]["params"]] == [(3, 4)] and groups["decay"][
+        "weight_decay"
+    ] == 0.05
+    assert [p.shape for p in groups["no_decay"]["params"]] == [(3,), (3,)]
+    assert groups["no_decay"]["weight_decay"] == 0.0
 
 
 def test_optimizer_errors() -> None:
-    with pytest.raises(UserError, match=r"optim\.name='lion'"):
-        build_optimizer(small_model(), name="lion")
+    with pytest.raises(UserError, match=r"optim\.optimizer\._target_='torch\.optim\.Lion'"):
+        build_optimizer(small_model(), {"_target_": "torch.optim.Lion", "_partial_": True})
+    with pytest.raises(UserError, match="_partial_: true"):
+        build_optimizer(small_model(), {"_target_": "torch.optim.SGD"})
     frozen = small_model().requires_grad_(False)
     with pytest.raises(UserError, match="no trainable parameters"):
-        build_optimizer(frozen)
+        build_optimizer(frozen, PARTIALS["sgd"][0])
 
 
 def test_warmup_then_cosine_to_min_lr() -> None:
-    opt = build_optimizer(small_model(), lr=1.0)
+    opt = build_optimizer(small_model(), PARTIALS["adamw"][0], lr=1.0)
     sched = warmup_cosine(opt, total_steps=100, warmup_steps=10, min_lr=0.01)
     lrs = []
     for _ in range(100):

@@ -15,9 +15,9 @@ from src.bank import AdapterBank
 from src.config import validate_config
 from src.errors import UserError
 from src.models.backbone import create_backbone
+from src.strategies.linear import LinearProbe
 from src.train import main
-
-TINY = {"name": "vit_tiny_patch16_224", "img_size": 32, "model_kwargs": {"patch_size": 8, "depth": 2}}
+from tests.conftest import TINY
 
 
 def test_adapter_whose_head_and_class_names_disagree_is_refused(tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_adapter_whose_head_and_class_names_disagree_is_refused(tmp_path: Path) 
     head = {"head.weight": torch.zeros(3, 192), "head.bias": torch.zeros(3)}
     save_file(head, str(path), metadata={"format": FORMAT, "class_names": class_names_json(["a", "b"])})
     with pytest.raises(UserError, match=r"names 2 classes \(a, b\) but its head has 3 outputs"):
-        AdapterBank(model).add("mixed", path)
+        AdapterBank(model, LinearProbe()).add("mixed", path)
 
 
 @pytest.mark.parametrize("every", [-1, "often"])

@@ -67,7 +67,6 @@ class ClassificationModule(L.LightningModule):
             batch_size=len(images),
             sync_dist=True,
         )
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=1)
         return loss
 
     def _eval_step(self, batch: tuple[Tensor, Tensor]) -> None:

@@ -18,15 +18,17 @@ MeLo's 0.17 %. ``options`` passes further ``LoraConfig`` fields, e.g. ``use_dora
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from src.errors import UserError
 from src.strategies.base import Strategy, freeze, unfreeze_head
-from src.strategies.lora_qv import inject_qv_lora
+from src.strategies.lora_qv import QVLoRALinear, inject_qv_lora
 
 TARGET_PARTS = ("qkv", "qv")
 
@@ -81,6 +83,17 @@ class LoRA(Strategy):
             "target_modules": targets,
             "targets": self.targets,
         }
+
+    def no_weight_decay(self) -> list[str]:
+        # peft's lora_A / lora_B / lora_magnitude_vector (DoRA), our lora_A_q ... of q/v LoRA
+        return ["*lora_*"]
+
+    def mergeable(self, model: nn.Module) -> list[nn.Module]:
+        return [m for m in model.modules() if isinstance(m, (LoraLayer, QVLoRALinear))]
+
+    @classmethod
+    def budget_rank(cls, settings: Mapping[str, Any]) -> Any | None:
+        return settings.get("rank")
 
 
 def unfreeze_modules(model: nn.Module, names: list[str]) -> None:

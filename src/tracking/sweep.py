@@ -33,6 +33,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError
+from src.strategies.base import settings_rank
 from src.summary import write_json
 from src.tracking.git import git_tags
 from src.tracking.review import mark_model_development
@@ -62,7 +63,7 @@ def job_fields(config: DictConfig) -> dict[str, Any]:
         "fold": dataset.get("fold"),
         "backbone": (config.get("backbone") or {}).get("name"),
         "peft": peft.get("name"),
-        "rank": config.get("rank") if "rank" in peft else None,
+        "rank": settings_rank(peft),  # only where the strategy's size follows the rank
         "seed": config.get("seed"),
     }
 

@@ -148,7 +148,35 @@ class Sparse(Strategy):
         model.to(home)
 
     def metadata(self) -> dict[str, str]:
-        return {**super().metadata(), "budget": str(self.budget), "selection": self.selection}
+        eligible = self.eligible if isinstance(self.eligible, str) else ",".join(self.eligible)
+        return {
+            **super().metadata(),
+            "budget": str(self.budget),
+            "selection": self.selection,
+            # which matrices the flat positions index: two adapters with other eligible lists do not mix
+            "eligible": eligible,
+        }
+
+    def structure_keys(self) -> tuple[str, ...]:
+        # The selection method only chose the positions, which every adapter file carries itself.
+        return ("strategy", "budget", "eligible")
+
+    def no_weight_decay(self) -> list[str]:
+        return [f"{DELTA_NAME}.*"]
+
+    def mergeable(self, model: nn.Module) -> list[nn.Module]:
+        return list(sparse_layers(model).values())
+
+    @classmethod
+    def budget_rank(cls, settings: Mapping[str, Any]) -> Any | None:
+        # Only the rank-matched budget is set by the rank; a fraction (SH-PEFT's 0.0001) is not.
+        return settings.get("rank") if str(settings.get("budget", "rank")) == "rank" else None
+
+    @classmethod
+    def label(cls, settings: Mapping[str, Any]) -> str:
+        if cls.budget_rank(settings) is not None:
+            return super().label(settings)
+        return f"{settings.get('name') or cls.name} {100 * float(settings['budget']):g}%"
 
     def report(self, model: nn.Module, out: Path) -> tuple[dict[str, Any], list[Path]]:
         counts = matrix_counts(sparse_layers(model))
