@@ -45,6 +45,13 @@ def compose_train(
     return cfg
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mlflow.set_tracking_uri`` (Lightning's MLFlowLogger calls it) exports MLFLOW_TRACKING_URI for child
+    processes; one test's store must not become the next test's default (``src.report`` follows the variable)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose with tiny synthetic data, no logger unless asked, outputs under tmp_path."""
