@@ -173,11 +173,15 @@ def test_extending_a_finished_run_stretches_the_lr_cosine_to_the_new_end(tmp_pat
     assert metrics["trainable_params"] == first["trainable_params"]
     rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    lrs = {
-        int(r[header.index("step")]): float(r[header.index("train/lr")])
-        for r in (row.split(",") for row in rows[1:])
-        if r[header.index("train/lr")]
-    }
+    # LearningRateMonitor: one lr column per parameter group (and one for its weight decay)
+    groups = [c for c in header if c.startswith("lr-") and not c.endswith(("-weight_decay", "-momentum"))]
+    assert groups
     base = cfg.optim.lr
-    # Steps 3..5 of a 6-step cosine (no warm-up, min_lr 0), not a restart from the base lr at step 3.
-    assert lrs == pytest.approx({s: base * 0.5 * (1 + math.cos(math.pi * s / 6)) for s in range(3, 6)})
+    for column in groups:
+        lrs = {
+            int(r[header.index("step")]): float(r[header.index(column)])
+            for r in (row.split(",") for row in rows[1:])
+            if r[header.index(column)]
+        }
+        # Steps 3..5 of a 6-step cosine (no warm-up, min_lr 0), not a restart from the base lr at step 3.
+        assert lrs == pytest.approx({s: base * 0.5 * (1 + math.cos(math.pi * s / 6)) for s in range(3, 6)})
