@@ -4,7 +4,7 @@ ViT-B/16 at 224 px, batch 32, random weights (nothing downloaded), q/v LoRA r=4 
 training). Arms, all built from the same seed (the same backbone weights):
 
 * ``plain``     the timm backbone as is;
-* ``merged``    q/v LoRA folded into the weights (``merge_adapters``): a plain model again;
+* ``merged``    q/v LoRA folded into the weights (``strategy.merge``): a plain model again;
 * ``unmerged``  q/v LoRA as trained: ``QVLoRALinear`` adding into the q / v slices in place (this repo);
 * ``before``    the previous forward, ``out + cat([dq, zeros, dv])`` (a 3d-wide block per layer);
 * ``melo``      MeLo's formula through autograd: ``qkv[..., :d] += s*B_q(A_q(x))``, likewise v.
@@ -48,7 +48,6 @@ sys.path.insert(0, str(ROOT))
 
 from write_result import write_result  # noqa: E402
 
-from src.merge import merge_adapters  # noqa: E402
 from src.strategies.lora import LoRA  # noqa: E402
 from src.strategies.lora_qv import QVLoRALinear  # noqa: E402
 
@@ -95,14 +94,15 @@ def build(arm: str, device: torch.device, name: str = MODEL) -> nn.Module:
             p.requires_grad_(True)
         model.norm_pre.register_forward_hook(tokens_need_grad)  # timm ViT: the tokens before block 1
         return model.to(device)
-    model = LoRA(rank=RANK, targets="qv").apply(model)
+    strategy = LoRA(rank=RANK, targets="qv")
+    model = strategy.apply(model)
     for layer in model.modules():
         if isinstance(layer, QVLoRALinear):
             for b in (layer.lora_B_q, layer.lora_B_v):
                 nn.init.normal_(b.weight, std=0.01)  # trained-like, non-zero: the update costs its full price
             layer.__class__ = {"before": BeforeQV, "melo": MeloQV}.get(arm, QVLoRALinear)
     if arm == "merged":
-        merge_adapters(model)
+        strategy.merge(model)
     return model.to(device)
 
 

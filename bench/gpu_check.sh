@@ -9,6 +9,10 @@ PY=${PYTHON:-python3}
 if [ -f .wheels/requirements.txt ]; then
   "$PY" -m pip install --quiet --no-index --find-links .wheels/ -r .wheels/requirements.txt \
     || echo "gpu_check.sh: installing .wheels/ failed; sections that need a missing package will say so" >&2
+  if [ -s .wheels/extras.txt ]; then
+    "$PY" -m pip install --quiet --no-index --no-deps --find-links .wheels/ -r .wheels/extras.txt \
+      || echo "gpu_check.sh: installing .wheels/extras.txt failed" >&2
+  fi
 else
   echo "gpu_check.sh: no .wheels/ (run bench/gpu_wheels.sh here first); using the installed packages" >&2
 fi

@@ -32,5 +32,7 @@ if [ ${#EXTRA[@]} -gt 0 ]; then
     --implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux_2_28_x86_64 --platform any "${EXTRA[@]}"
 fi
-printf '%s\n' "${REQS[@]}" ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT/requirements.txt"
+printf '%s\n' "${REQS[@]}" > "$OUT/requirements.txt"
+# Installed with --no-deps on the GPU machine: a resolver there would look for their torch requirement.
+printf '%s\n' ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT/extras.txt"
 du -sh "$OUT"
