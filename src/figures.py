@@ -65,15 +65,14 @@ def roc_figure(curves: list[tuple[str, Tensor, Tensor]]) -> plt.Figure:
         grid, lo, hi = roc_band(score.double().numpy(), target.numpy(), n_boot=BAND_RESAMPLES)
         ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0, step="post")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set(
-        xlabel="false positive rate",
-        ylabel="true positive rate",
-        title="test ROC (bands: 95 % bootstrap)",
-        xlim=(0, 1),
-        ylim=(0, 1),
-    )
+    unit_square(ax, "false positive rate", "true positive rate", "test ROC (bands: 95 % bootstrap)")
     ax.legend(fontsize=8, loc="lower right")
     return fig
+
+
+def unit_square(ax: plt.Axes, xlabel: str, ylabel: str, title: str) -> None:
+    """Both axes 0..1 (rates, probabilities), labelled."""
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(0, 1), ylim=(0, 1))
 
 
 def reliability_figure(curves: list[tuple[str, Tensor, Tensor]]) -> plt.Figure:
@@ -90,13 +89,7 @@ def reliability_figure(curves: list[tuple[str, Tensor, Tensor]]) -> plt.Figure:
         ax.scatter(
             conf[filled], freq[filled], s=200 * count[filled] / count.sum(), color=line.get_color(), alpha=0.3
         )
-    ax.set(
-        xlabel="mean predicted probability",
-        ylabel="observed frequency",
-        title="test reliability",
-        xlim=(0, 1),
-        ylim=(0, 1),
-    )
+    unit_square(ax, "mean predicted probability", "observed frequency", "test reliability")
     ax.legend(fontsize=8, loc="upper left")
     return fig
 
