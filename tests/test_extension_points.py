@@ -226,7 +226,8 @@ def test_conf_composes_once_resolvers_are_registered_and_roots_at_the_package(mo
     importlib.reload(src.config)
     assert not OmegaConf.has_resolver("project_root")
     src.config.register_resolvers()
-    cfg = compose_train(["experiment=medpeft", "medpeft.allow_own_splits=true"])  # uses timm_name, when_null, linear_scaled_lr...
+    # uses timm_name, when_null, linear_scaled_lr...
+    cfg = compose_train(["experiment=medpeft", "medpeft.allow_own_splits=true"])
     root = Path(__file__).resolve().parents[1]
     assert cfg.paths.root_dir == str(root) and cfg.paths.log_dir == str(root / "outputs")
     with open_dict(cfg):
