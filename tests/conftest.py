@@ -90,3 +90,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def recorded_test_cases(run_dir: str | Path) -> int:
+    """How many test cases a finished run scored, after checking that ``predictions_test.csv`` lists the first
+    cases of ``splits/test.csv`` in order with the same labels (what a layout read is what was scored), each
+    with a probability per class. Fails when the run scored nothing."""
+    import csv
+
+    def rows(name: str) -> list[dict[str, str]]:
+        with (Path(run_dir) / name).open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    split, scored = rows("splits/test.csv"), rows("predictions_test.csv")
+    assert 0 < len(scored) <= len(split)
+    targets = [c for c in split[0] if c.startswith("target:")]
+    assert targets and all(f"score:{c.removeprefix('target:')}" in scored[0] for c in targets)
+    for case, row in zip(split, scored, strict=False):
+        assert row["id"] == case["id"] and all(row[c] == case[c] for c in targets)
+        assert all(0.0 <= float(v) <= 1.0 for k, v in row.items() if k.startswith("score:"))
+    return len(scored)

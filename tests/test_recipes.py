@@ -19,7 +19,7 @@ from src.optim import build_optimizer
 from src.strategies import count_parameters
 from src.tasks import Task
 from src.train import build_model, train
-from tests.conftest import CONF, compose_train
+from tests.conftest import CONF, compose_train, recorded_test_cases
 from tests.test_datasets_layouts import make_rsna
 
 VIT_B = 85_798_656  # ViT-B/16 at 224 px without a head (timm's 86,567,656 minus the 1k head)
@@ -236,7 +236,7 @@ def test_medpeft_recipe_trains_end_to_end_on_a_fixture_tree(tmp_path: Path) -> N
         cfg.optim.layer_decay == 0.65 and cfg.optim.warmup_epochs == 5 and cfg.peft.also_train == ["fc_norm"]
     )
     metrics = train(cfg)
-    assert 0.0 <= metrics["test/auroc"] <= 1.0
+    assert recorded_test_cases(metrics["run_dir"]) >= 1
     assert (
         metrics["trainable_params"] == 4 * 192 * 32 * 4 + 2 * 192 + 192 + 1
     )  # q/v LoRA r32, fc_norm, head (one sigmoid logit for the binary RSNA task, as MED-PEFT)
