@@ -156,3 +156,41 @@ def test_a_split_with_no_readable_image_is_an_error(tmp_path: Path) -> None:
     dm = ShenzhenCXRDataModule(class_names=NAMES, **{**COMMON, "root": str(root)}, on_bad_image="skip")
     with pytest.raises(UserError, match=r"every image of the train split is unreadable"):
         dm.setup()
+
+
+def test_two_trainings_on_one_dataset_at_once_share_one_cache_and_both_train(tmp_path: Path) -> None:
+    """Two jobs (a sweep's, or two users') start on the same dataset and cache folder at the same moment."""
+    import subprocess
+    import sys
+
+    root = make_shenzhen(tmp_path / "sz", n=24)
+    cache = tmp_path / "cache"
+    common = [
+        "dataset=sz_cxr",
+        f"dataset.root={root}",
+        f"dataset.cache_dir={cache}",
+        "dataset.num_workers=0",
+        "debug=fdr",
+        "logger=none",
+    ]
+    jobs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "src.train",
+                *common,
+                f"seed={seed}",
+                f"hydra.run.dir={tmp_path / str(seed)}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
+    outputs = [job.communicate(timeout=300)[0] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert all((tmp_path / str(seed) / "metrics.json").exists() for seed in (1, 2))
+    built = sorted(p.parent.name.split("_")[0] for p in (cache / "sz_cxr").glob("*/images.npy"))
+    assert built == ["test", "train", "val"]  # one entry per split, not one per job
