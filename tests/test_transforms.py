@@ -14,12 +14,15 @@ from PIL import Image
 from torchvision.transforms import Resize
 from torchvision.transforms import functional as TF
 
+from src.data.base import Normalize
 from src.data.cache import entry_name
 from src.data.image_files import read_image
 from src.data.image_folder import ImageFolderDataModule
 from src.data.protocol_dataset import decoding_metadata, open_whole, predict_inputs
 from src.data.transforms import Decode, dicom_max255, protocol_transform, resize_to
 from src.errors import UserError
+from src.predict import adapter_batches
+from src.predict_inputs import decode_inputs
 from tests.test_predict import write_dicom
 
 MEAN, STD = [0.4785] * 3, [0.2834] * 3
@@ -147,6 +150,8 @@ def test_predict_decodes_as_the_adapter_was_trained(tmp_path: Path) -> None:
     protocol = predict_inputs([path], {"protocol": "medpeft_mrm"}, 32, MEAN, STD)(0, 1)[0]
     reference = protocol_transform("medpeft_mrm", "test", 32, MEAN, STD)(Image.open(path).convert("RGB"))
     torch.testing.assert_close(protocol, reference)
-    melo = predict_inputs([path], {"resize": "tensor"}, 32, MEAN, STD)(0, 1)[0]
+    mode, backbone = ("gray", Decode(resize="tensor")), {"img_size": 32, "mean": MEAN, "std": STD}
+    decoded = decode_inputs([path], 32, [mode])
+    melo = adapter_batches(decoded, mode, {"resize": "tensor"}, backbone, Normalize(MEAN, STD))(0, 1)[0]
     pixels = torch.from_numpy(np.asarray(resize_to(Image.open(path), 32, "tensor"))).float() / 255
     torch.testing.assert_close(melo, ((pixels - MEAN[0]) / STD[0]).expand(3, -1, -1))

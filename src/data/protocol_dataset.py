@@ -81,23 +81,19 @@ class ProtocolImageDataset(Dataset):
 def predict_inputs(
     files: Sequence[Path], meta: dict[str, str], size: int, mean: Sequence[float], std: Sequence[float]
 ) -> Callable[[int, int], Tensor]:
-    """For src.predict: images ``start:stop`` of ``files`` as the adapter described by ``meta`` saw its test
-    split (colour mode, decoding rules, protocol's evaluation transform), normalised. Decoded once; the
-    default pipeline keeps 8-bit squares and normalises per batch, a protocol keeps its transformed tensors."""
+    """For src.predict, an adapter trained with a paper's protocol (``meta["protocol"]``): images
+    ``start:stop`` of ``files`` through that protocol's evaluation transform (colour mode and decoding rules
+    from ``meta``), decoded once. The default pipeline (squash) is src.predict_inputs' decoded squares."""
     import torch
 
-    from src.data.base import Normalize
-    from src.data.image_files import read_image
     from src.data.transforms import protocol_transform
 
     color, decode = meta.get("color", "gray"), Decode.from_metadata(meta)
     transform = protocol_transform(meta.get("protocol", "squash"), "test", size, mean, std)
-    if transform is not None:
-        ready = torch.stack([transform(open_whole(p, color, decode)) for p in files])
-        return lambda start, stop: ready[start:stop]
-    pixels = torch.stack([read_image(p, size, color, decode=decode) for p in files])
-    normalize = Normalize(mean, std)
-    return lambda start, stop: torch.stack([normalize(img) for img in pixels[start:stop]])
+    if transform is None:
+        raise ValueError("predict_inputs is for protocol adapters; squares come from decode_inputs")
+    ready = torch.stack([transform(open_whole(p, color, decode)) for p in files])
+    return lambda start, stop: ready[start:stop]
 
 
 def decoding_metadata(datamodule: object) -> dict[str, str]:
